@@ -1,0 +1,28 @@
+# make train   -> set up .venv (first time) and run the main job: the digits CNN on embedded defaults
+# make test    -> set up .venv (first time) and run the default test suite (not slow; < 10 min on 2 cores)
+PY := .venv/bin/python
+STAMP := .venv/.dlpipe-installed
+
+.PHONY: setup train test test-all bench ui
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	.venv/bin/dlp train experiment=digits_cnn
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/overhead.py
+
+ui: $(STAMP)
+	.venv/bin/dlp ui

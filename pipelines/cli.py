@@ -1,0 +1,140 @@
+"""`dlp`: the one command line for dlpipe.
+
+    dlp train [overrides]                      train one model, tracked in MLflow
+    dlp config show [overrides]                print the resolved config
+    dlp config groups                          list config groups and their options
+    dlp predict MODEL_URI INPUT -o OUT         batch predictions from a logged model
+    dlp ui [--port N]                          MLflow UI on 127.0.0.1 over the same store
+
+Overrides use Hydra's syntax: key=value, group=option, +new_key=value.
+User errors print one line and exit 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    # Lightning's banner lines ("GPU available: False ...") and hints would bury the summary.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*deterministic.*")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def cmd_train(args) -> int:
+    from pipelines.config import compose
+    from pipelines.train import summary, train
+
+    cfg = compose(args.overrides)  # config errors: before any import of torch
+    _quiet_libraries()
+    start = time.perf_counter()
+    out = train(cfg)
+    print(summary(cfg, out, time.perf_counter() - start))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from pipelines.config import CONF_DIR, compose, to_yaml
+
+    if args.action == "groups":
+        for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+            options = sorted(f.stem for f in group.glob("*.yaml"))
+            print(f"{group.name + ':':<12} {', '.join(options)}")
+        return 0
+    print(to_yaml(compose(args.overrides)), end="")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import pandas as pd
+
+    from pipelines import tracking
+
+    tracking.configure()
+    src = Path(args.input)
+    if not src.is_file():
+        raise UserError(f"predict: input file '{src}' does not exist")
+    frame = pd.read_parquet(src) if src.suffix == ".parquet" else pd.read_csv(src)
+    _quiet_libraries()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except (MlflowException, OSError) as e:
+        raise UserError(f"predict: cannot load model '{args.model_uri}': {str(e).splitlines()[0]}") from None
+    try:
+        preds = model.predict(frame)
+    except (MlflowException, ValueError, KeyError) as e:
+        raise UserError(f"predict: {src} does not fit the model's input: {str(e).splitlines()[0]}") from None
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(out, index=False)
+    print(f"wrote {len(preds)} predictions to {out}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from pipelines import tracking
+
+    uri = tracking.tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri}; training runs: #/experiments/<id>/runs)")
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlp", description="dlpipe: train, track and serve deep-learning models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model (overrides: key=value group=option +key=value)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="show the resolved config or the available groups")
+    p.add_argument("action", choices=["show", "groups"])
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("predict", help="batch predictions from runs:/<id>/model or models:/<name>@<alias>")
+    p.add_argument("model_uri")
+    p.add_argument("input", help="CSV or Parquet file of raw input rows")
+    p.add_argument("-o", "--output", required=True, help="CSV file to write")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"dlp: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dlp: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

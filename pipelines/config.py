@@ -1,0 +1,177 @@
+"""Compose conf/ with Hydra's compose API and validate the result against pipelines.schema.
+
+Used by every `dlp` subcommand; `dlp config show [overrides]` prints what this returns.
+Errors surface as ConfigError with one line naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import List, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from pipelines.errors import ConfigError
+from pipelines.schema import CHOICES, DATA_SCHEMAS, MODEL_SCHEMAS, RootConfig
+
+# Keys a data source cannot do without (yaml marks them ???, which a merge would drop silently).
+REQUIRED_BY_SOURCE = {"csv": ("path", "target"), "parquet": ("path", "target"),
+                      "image_folder": ("path",), "mnist": ("path",), "cifar10": ("path",)}
+
+CONF_DIR = Path(os.environ.get("DLP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose conf/<config_name>.yaml with Hydra overrides and validate it.
+
+    Returns a read-only DictConfig with every interpolation resolved.
+    Raises ConfigError for unknown keys, wrong types, unknown group options and bad values.
+    """
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            raw = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option_message(e)) from None
+    except HydraException as e:
+        raise ConfigError(_hydra_message(e)) from None
+    return validate(raw)
+
+
+def validate(raw: DictConfig) -> DictConfig:
+    """Merge a composed config into the typed schema; return it resolved and read-only."""
+    raw = OmegaConf.create(OmegaConf.to_container(raw, resolve=False))
+    raw.pop("hydra", None)
+    schema = OmegaConf.structured(RootConfig)
+    schema.model = _group_schema("model", "name", raw, MODEL_SCHEMAS)
+    schema.data = _group_schema("data", "kind", raw, DATA_SCHEMAS)
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+        OmegaConf.resolve(cfg)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise ConfigError(_unknown_key_message(e)) from None
+    except ValidationError as e:
+        raise ConfigError(f"config: {e.full_key}: {_first_line(e.msg)}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {getattr(e, 'full_key', '') or ''} {_first_line(str(e))}") from None
+    _check_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _group_schema(group: str, field: str, raw: DictConfig, schemas: dict) -> DictConfig:
+    node = raw.get(group)
+    if not isinstance(node, DictConfig) or field not in node:
+        raise ConfigError(f"config: {group}.{field} is required (one of: {', '.join(schemas)})")
+    name = node[field]
+    if name not in schemas:
+        raise ConfigError(f"config: {group}.{field}: unknown '{name}' (allowed: {', '.join(schemas)})")
+    return OmegaConf.structured(schemas[name])
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"config: {key}: unknown '{value}' (allowed: {', '.join(allowed)})")
+    d, t, o = cfg.data, cfg.trainer, cfg.optim
+    checks = [
+        ("data.batch_size", d.batch_size >= 1, "must be >= 1"),
+        ("data.val_fraction", 0 < d.val_fraction < 1, "must be in (0, 1)"),
+        ("data.test_fraction", 0 < d.test_fraction < 1, "must be in (0, 1)"),
+        ("data.val_fraction", d.val_fraction + d.test_fraction < 0.9, "val + test fractions must leave >= 10% for training"),
+        ("trainer.max_epochs", t.max_epochs >= 1, "must be >= 1"),
+        ("trainer.accumulate_grad_batches", t.accumulate_grad_batches >= 1, "must be >= 1"),
+        ("trainer.gradient_clip_val", t.gradient_clip_val >= 0, "must be >= 0 (0 disables clipping)"),
+        ("trainer.num_workers", t.num_workers >= 0, "must be >= 0 (0 trains in this process)"),
+        ("optim.lr", o.lr > 0, "must be > 0"),
+        ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
+        ("optim.l1", o.l1 >= 0, "must be >= 0"),
+        ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
+    ]
+    for key in REQUIRED_BY_SOURCE.get(d.source, ()):
+        if d.get(key) in (None, "", "???"):
+            raise ConfigError(f"config: data.{key} is required for data.source={d.source}; add data.{key}=...")
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"config: {key}={OmegaConf.select(cfg, key)}: {why}")
+    if cfg.resume is not None and cfg.resume != "last" and not str(cfg.resume).endswith(".ckpt"):
+        raise ConfigError(f"config: resume={cfg.resume}: expected a path to a .ckpt file or 'last'")
+
+
+def _schema_keys(full_key: str) -> List[str]:
+    """Keys allowed at the parent of `full_key`, for error messages."""
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    node: object = RootConfig
+    for part in [p for p in parent.split(".") if p]:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return []
+        f = fields[part]
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if node is None:
+            return []
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _unknown_key_message(e: OmegaConfBaseException, key: str = "") -> str:
+    key = key or e.full_key or str(e.key)
+    allowed = _schema_keys(key)
+    if allowed:
+        hint = f" (allowed: {', '.join(allowed)})"
+    elif key.split(".")[0] in ("model", "data"):
+        hint = f" for the selected {key.split('.')[0]} (its keys: dlp config show)"
+    else:
+        hint = ""
+    return f"config: unknown key '{key}'{hint}"
+
+
+def _missing_option_message(e) -> str:
+    target = getattr(e, "missing_cfg_file", None) or ""
+    options = getattr(e, "options", None)
+    if "/" in target and options is not None:
+        group, option = target.rsplit("/", 1)
+        return f"config: unknown option '{option}' for group '{group}' (available: {', '.join(sorted(options))})"
+    return f"config: {_first_line(str(e))}"
+
+
+def _hydra_message(e: Exception) -> str:
+    cause = e.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return _unknown_key_message(cause)
+    if isinstance(cause, ValidationError):
+        return f"config: {cause.full_key}: {_first_line(cause.msg)}"
+    return f"config: {_first_line(str(e))}"
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), str(text))
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def flatten(cfg: DictConfig, prefix: str = "") -> dict:
+    """Flatten a config to {'a.b.c': value} for MLflow params (lists become their repr)."""
+    out = {}
+    for key, value in OmegaConf.to_container(cfg, resolve=True).items():
+        _flatten_into(out, f"{prefix}{key}", value)
+    return out
+
+
+def _flatten_into(out: dict, key: str, value) -> None:
+    if isinstance(value, dict):
+        if not value:
+            out[key] = "{}"
+        for k, v in value.items():
+            _flatten_into(out, f"{key}.{k}", v)
+    else:
+        out[key] = value
+

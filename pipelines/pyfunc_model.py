@@ -1,0 +1,47 @@
+"""The MLflow pyfunc model dlpipe logs: raw rows in, predictions out (MLflow "models from code").
+
+This file is copied into every logged model and executed on load, so it imports only torch,
+numpy, pandas and mlflow; the preprocessing it applies ships beside it as `preprocess.py`
+(datamodules/preprocess.py), and the network as a torch.export program (`net.pt2`). A model
+therefore loads with `mlflow.pyfunc.load_model` or `mlflow models serve` without dlpipe's code.
+"""
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+try:  # inside a logged model, code_paths puts preprocess.py on sys.path
+    from preprocess import transform
+except ImportError:  # pragma: no cover - running from the repository
+    from datamodules.preprocess import transform
+
+
+class DlpModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        with open(context.artifacts["prep"]) as f:
+            self.prep = json.load(f)
+        self.net = torch.export.load(context.artifacts["net"]).module()
+        self.task = self.prep["task"]
+        self.classes = self.prep.get("class_names", [])
+
+    def predict(self, context, model_input, params=None):
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        x = torch.from_numpy(np.ascontiguousarray(transform(frame, self.prep), dtype=np.float32))
+        with torch.no_grad():
+            out = self.net(x)
+        if self.task == "regression":
+            values = out.reshape(-1).numpy().astype(np.float64)
+            target = self.prep.get("target_scale")
+            if target:  # the net predicts the standardised target
+                values = values * target[1] + target[0]
+            return pd.DataFrame({"prediction": values})
+        probs = torch.softmax(out.float(), dim=-1).numpy()
+        result = pd.DataFrame({"prediction": np.asarray(self.classes, dtype=object)[probs.argmax(1)]})
+        for i, name in enumerate(self.classes):
+            result[f"prob_{name}"] = probs[:, i]
+        return result
+
+
+mlflow.models.set_model(DlpModel())

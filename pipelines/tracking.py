@@ -1,0 +1,188 @@
+"""MLflow side of a training run: where the store is, run lifecycle, per-epoch metrics, plots, model.
+
+The driver owns the run (creates it, logs params/artifacts/model, sets the final status);
+the Lightning callback here logs per-epoch metrics from rank 0 only, by run id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from lightning.pytorch.callbacks import Checkpoint
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EPOCH_PREFIXES = ("train/", "val/")
+
+
+def tracking_uri(cfg=None) -> str:
+    """cfg.mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    uri = (cfg.mlflow.tracking_uri if cfg is not None else None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or DEFAULT_TRACKING_URI
+
+
+def configure(cfg=None) -> str:
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    # Children (Ray workers, `mlflow models serve`) must see the same store.
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def git_commit() -> Optional[str]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class MLflowEpochLogger(Checkpoint):
+    """Logs every train/ and val/ metric once per epoch (step = epoch) from rank 0.
+
+    A Checkpoint subclass on purpose: Lightning runs checkpoint-type callbacks' on_train_epoch_end
+    after the LightningModule's, so the epoch's aggregated metrics are final here. Epochs already
+    in the run (a resumed run) are skipped, so an epoch is never logged twice.
+    """
+
+    def __init__(self, run_id: str, uri: str):
+        self.run_id, self.uri = run_id, uri
+        self.client = None
+        self.last_logged = -1
+        self._epoch_start = 0.0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.global_rank != 0 or stage != "fit":
+            return
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        history = self.client.get_metric_history(self.run_id, "train/loss")
+        self.last_logged = max((m.step for m in history), default=-1)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.client is None or trainer.sanity_checking or trainer.current_epoch <= self.last_logged:
+            return
+        from mlflow.entities import Metric
+
+        epoch, now = trainer.current_epoch, int(time.time() * 1000)
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EPOCH_PREFIXES)}
+        values["perf/epoch_seconds"] = time.perf_counter() - self._epoch_start
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        self.last_logged = epoch
+
+    def state_dict(self) -> Dict:
+        return {}
+
+
+def log_learning_curve(client, run_id: str, monitor: str, path: Path) -> Optional[Path]:
+    """Plot train/val loss and the monitored metric per epoch from the run's own history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key):
+        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        return [m.step for m in hist], [m.value for m in hist]
+
+    panels = [("loss", ["train/loss", "val/loss"])]
+    if monitor not in ("val/loss", "train/loss"):
+        panels.append((monitor.split("/")[-1], [monitor.replace("val/", "train/"), monitor]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    plotted = False
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            x, y = series(key)
+            if x:
+                ax.plot(x, y, marker="o", ms=3, label=key)
+                plotted = True
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if plotted:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path if plotted else None
+
+
+def save_confusion_matrix(y_true, y_pred, class_names, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix (acc {np.trace(cm) / max(cm.sum(), 1):.3f})")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_model(net, prep: dict, raw_example,
+              registered_model_name: Optional[str] = None):
+    """Log `net` + preprocessing as a pyfunc model (raw rows in) under the active run's `model`.
+
+    The network is saved as a torch.export program with a dynamic batch dimension, so loading
+    needs neither dlpipe's code nor pickle.
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    from datamodules import preprocess
+
+    net = net.eval().cpu().float()
+    x = torch.from_numpy(preprocess.transform(raw_example, prep))
+    if x.shape[0] < 2:  # torch.export specialises size-1 dimensions
+        x = torch.cat([x, x])
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
+    with tempfile.TemporaryDirectory() as tmp:
+        net_path, prep_path = Path(tmp) / "net.pt2", Path(tmp) / "prep.json"
+        torch.export.save(program, net_path)
+        prep_path.write_text(json.dumps(prep))
+        from pipelines import pyfunc_model
+
+        model = pyfunc_model.DlpModel()
+        model.prep, model.task = prep, prep["task"]
+        model.classes, model.net = prep.get("class_names", []), program.module()
+        output = model.predict(None, raw_example)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={"net": str(net_path), "prep": str(prep_path)},
+            code_paths=[preprocess.__file__],
+            signature=infer_signature(raw_example, output),
+            input_example=raw_example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "mlflow"],
+            registered_model_name=registered_model_name,
+        )
+    return info
