@@ -5,10 +5,9 @@ Errors surface as ConfigError with one line naming the key and what is allowed.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -36,12 +35,21 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            raw = hydra_compose(config_name=config_name, overrides=list(overrides))
+            raw = hydra_compose(config_name=config_name, overrides=[_force(o) for o in overrides])
     except MissingConfigException as e:
         raise ConfigError(_missing_option_message(e)) from None
     except HydraException as e:
         raise ConfigError(_hydra_message(e)) from None
     return validate(raw)
+
+
+def _force(override: str) -> str:
+    """`a.b=v` -> `++a.b=v`: a schema key the yaml leaves out (loss.label_smoothing) is still
+    settable without `+`; a key the schema lacks then fails in `validate`, with its name."""
+    key = override.split("=", 1)[0]
+    if "=" in override and "." in key and not override.startswith(("+", "~")):
+        return "++" + override
+    return override
 
 
 def validate(raw: DictConfig) -> DictConfig:
@@ -55,7 +63,7 @@ def validate(raw: DictConfig) -> DictConfig:
         cfg = OmegaConf.merge(schema, raw)
         OmegaConf.resolve(cfg)
     except (ConfigKeyError, ConfigAttributeError) as e:
-        raise ConfigError(_unknown_key_message(e)) from None
+        raise ConfigError(_unknown_key_message(e, schema)) from None
     except ValidationError as e:
         raise ConfigError(f"config: {e.full_key}: {_first_line(e.msg)}") from None
     except OmegaConfBaseException as e:
@@ -105,24 +113,17 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"config: resume={cfg.resume}: expected a path to a .ckpt file or 'last'")
 
 
-def _schema_keys(full_key: str) -> List[str]:
-    """Keys allowed at the parent of `full_key`, for error messages."""
+def _schema_keys(full_key: str, schema: Optional[DictConfig] = None) -> List[str]:
+    """Keys allowed beside `full_key` (at its parent), for error messages."""
+    schema = schema if schema is not None else OmegaConf.structured(RootConfig)
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-    node: object = RootConfig
-    for part in [p for p in parent.split(".") if p]:
-        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-        if part not in fields:
-            return []
-        f = fields[part]
-        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if node is None:
-            return []
-    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
 
-def _unknown_key_message(e: OmegaConfBaseException, key: str = "") -> str:
-    key = key or e.full_key or str(e.key)
-    allowed = _schema_keys(key)
+def _unknown_key_message(e: OmegaConfBaseException, schema: Optional[DictConfig] = None) -> str:
+    key = e.full_key or str(e.key)
+    allowed = _schema_keys(key, schema)
     if allowed:
         hint = f" (allowed: {', '.join(allowed)})"
     elif key.split(".")[0] in ("model", "data"):

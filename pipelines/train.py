@@ -251,7 +251,9 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
         mlflow.log_artifact(result.best_checkpoint, "checkpoints")
     if cfg.mlflow.log_model:
         frame, _ = dm.raw_frame("test")
-        info = tracking.log_model(model.net, dm.prep, frame.head(5),
+        # integer columns would make the signature refuse float inputs; doubles accept both
+        example = frame.head(5).astype({c: "float64" for c in frame.select_dtypes("integer").columns})
+        info = tracking.log_model(model.net, dm.prep, example,
                                   registered_model_name=cfg.mlflow.registered_model_name)
         out.model_uri = f"runs:/{out.run_id}/model"
         mlflow.set_tag("dlp.model_uri", info.model_uri)

@@ -1,0 +1,23 @@
+"""Datamodules: `build(cfg.data, seed)` returns the LightningDataModule for `data.kind`.
+
+pipelines.train calls build(), then setup(), and hands `dm.spec` to models.build.
+"""
+from __future__ import annotations
+
+from .base import BaseDataModule, BatchLoader, DataError, DataSpec
+
+__all__ = ["build", "BaseDataModule", "BatchLoader", "DataError", "DataSpec"]
+
+
+def build(data_cfg, seed: int) -> BaseDataModule:
+    """The datamodule for `data_cfg.kind` ("tabular" or "image"); nothing is loaded until setup()."""
+    kind = data_cfg.kind
+    if kind == "tabular":
+        from .tabular import TabularDataModule
+
+        return TabularDataModule(data_cfg, seed)
+    if kind == "image":
+        from .image import ImageDataModule
+
+        return ImageDataModule(data_cfg, seed)
+    raise DataError(f"data.kind: unknown '{kind}'; choose tabular or image")

@@ -1,0 +1,285 @@
+"""Pieces every datamodule shares: the user-facing DataError, the DataSpec handed to models.build,
+seeded (stratified) splits, the batch-at-a-time BatchLoader and the BaseDataModule that ties them
+together (setup once, loaders, fingerprint, raw rows for MLflow input examples and `dlp predict`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from pipelines.errors import UserError
+
+from . import preprocess
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(UserError):
+    """A data problem the user can fix; the message is one line naming the culprit and the fix."""
+
+
+@dataclass
+class DataSpec:
+    """What a model needs to know about the data (models.build reads it)."""
+    task: str                                   # classification | regression
+    num_classes: int                            # 0 for regression
+    input_shape: tuple                          # (n_features,) or (C, H, W)
+    class_names: list[str] = field(default_factory=list)     # str(original label) per class id
+    class_weights: Optional[list[float]] = None              # balance=weights: inverse train frequency, mean 1
+    feature_names: list[str] = field(default_factory=list)   # raw input columns of the logged model
+    target_name: str = "target"
+    target_scale: Optional[list[float]] = None   # regression: [mean, std] of the train target; the net learns
+                                                 # the standardised target, metrics and predictions are in raw units
+
+
+# ---- splits --------------------------------------------------------------------------------
+
+def split_indices(y: np.ndarray, val_fraction: float, test_fraction: Optional[float], seed: int,
+                  stratify: bool) -> tuple:
+    """Seeded train/val/test row indices (each sorted), stratified on `y` when `stratify`.
+
+    test_fraction=None means the source brings its own test set: only val is carved out.
+    """
+    n = len(y)
+    sizes = {"val": _split_size(n, val_fraction, "val")}
+    if test_fraction is not None:
+        sizes["test"] = _split_size(n, test_fraction, "test")
+    if n - sum(sizes.values()) < 1:
+        raise DataError(f"data: {n} rows leave the train split empty; lower data.val_fraction/data.test_fraction")
+    rest = np.arange(n)
+    out = {}
+    for name in ("test", "val"):
+        if name in sizes:
+            rest, out[name] = _carve(rest, y, sizes[name], seed, stratify, name)
+    test = np.sort(out["test"]) if "test" in out else np.array([], dtype=np.int64)
+    return np.sort(rest), np.sort(out["val"]), test
+
+
+def _split_size(n: int, fraction: float, name: str) -> int:
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.{name}_fraction: {fraction} is not between 0 and 1 (exclusive)")
+    size = int(round(n * fraction))
+    if size < 1:
+        raise DataError(f"data.{name}_fraction: {fraction} of {n} rows leaves the {name} split empty; "
+                        f"raise data.{name}_fraction or use more data")
+    return size
+
+
+def _carve(idx: np.ndarray, y: np.ndarray, size: int, seed: int, stratify: bool, name: str) -> tuple:
+    if stratify:
+        try:
+            keep, take = train_test_split(idx, test_size=size, random_state=seed, stratify=y[idx])
+            return keep, take
+        except ValueError as e:
+            # too few rows of some class for a stratified split: a plain split still works
+            warnings.warn(f"data.stratify: cannot stratify the {name} split ({e}); splitting without it")
+    keep, take = train_test_split(idx, test_size=size, random_state=seed)
+    return keep, take
+
+
+def class_balance(y_train: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse class frequency on the train labels, normalised to mean 1."""
+    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
+    w = 1.0 / np.maximum(counts, 1.0)
+    return w * num_classes / w.sum()
+
+
+# ---- loader --------------------------------------------------------------------------------
+
+def _world() -> tuple:
+    """(rank, world_size) of the running torch.distributed group, (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's stride of `order`, wrapped around so every rank gets ceil(n / world_size) items."""
+    n = len(order)
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        order = order[torch.arange(total) % n]
+    return order[rank::world_size]
+
+
+class BatchLoader:
+    """Serves in-memory tensors a whole batch per index op (no per-sample Python calls).
+
+    The batch size is global: under torch.distributed each rank takes batch_size // world_size
+    from its own share of one permutation that every rank draws identically.
+    """
+
+    def __init__(self, tensors: tuple, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 sample_weights: Optional[torch.Tensor] = None):
+        self.tensors = tuple(tensors)
+        self.n = int(self.tensors[0].shape[0])
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.transform = transform
+        self.sample_weights = sample_weights
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _local(self) -> tuple:
+        """(samples on this rank, per-rank batch size)."""
+        _, world = _world()
+        return math.ceil(self.n / world), max(1, self.batch_size // world)
+
+    def __len__(self) -> int:
+        n, bs = self._local()
+        return n // bs if self.drop_last else math.ceil(n / bs)
+
+    def __iter__(self):
+        # the epoch advances when an iteration starts, not when it ends, so Lightning (which never
+        # calls set_epoch on a non-DataLoader) and limit_train_batches both still get a new order
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, self.n, replacement=True, generator=g)
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        rank, world = _world()
+        if world > 1:
+            order = shard_indices(order, rank, world)
+        return self._batches(order, len(self))
+
+    def _batches(self, order: torch.Tensor, count: int):
+        _, bs = self._local()
+        for i in range(count):
+            idx = order[i * bs:(i + 1) * bs]
+            x, *rest = (t[idx] for t in self.tensors)
+            if self.transform is not None:
+                x = self.transform(x)
+            yield (x, *rest)
+
+
+# ---- datamodule ----------------------------------------------------------------------------
+
+class BaseDataModule(L.LightningDataModule):
+    """Loads, validates and splits once in setup(); subclasses implement `_load`.
+
+    `_load` must set: self.spec, self.prep, self.source (str), self._raw[split] = (raw rows as a
+    DataFrame or ndarray, raw labels) and self._tensors[split] = (x, y).
+    """
+
+    def __init__(self, cfg, seed: int):
+        super().__init__()
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.spec: Optional[DataSpec] = None
+        self.prep: Optional[dict] = None
+        self.source = ""
+        self._raw: dict = {}
+        self._tensors: dict = {}
+        self._sample_weights: Optional[torch.Tensor] = None
+        self._hash: Optional[str] = None
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _train_transform(self):
+        """Batch augmentation for training; None by default."""
+        return None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.spec is not None:
+            return
+        self._load()
+        self._balance()
+        self._hash = _hash_splits(self._raw)
+        # the logged model needs these to turn network outputs into labels or raw-unit values
+        self.prep.update(task=self.spec.task, class_names=list(self.spec.class_names),
+                         target_scale=self.spec.target_scale)
+
+    def _balance(self) -> None:
+        balance = self.cfg.balance
+        if balance == "none":
+            return
+        if self.spec.task != "classification":
+            raise DataError(f"data.balance: '{balance}' needs a classification task; set data.balance=none")
+        y = self._tensors["train"][1].numpy()
+        w = class_balance(y, self.spec.num_classes)
+        if balance == "weights":
+            self.spec.class_weights = [float(v) for v in w]
+        elif balance == "oversample":
+            self._sample_weights = torch.as_tensor(w[y], dtype=torch.float64)
+        else:
+            raise DataError(f"data.balance: unknown '{balance}'; choose none, weights or oversample")
+
+    # -- loaders --
+    def train_dataloader(self) -> BatchLoader:
+        self.setup()
+        x, y = self._tensors["train"]
+        _, world = _world()
+        n, bs = math.ceil(len(x) / world), max(1, self.cfg.batch_size // world)
+        # a final batch of one sample breaks BatchNorm in training mode
+        drop_last = n > bs and n % bs == 1
+        return BatchLoader((x, y), self.cfg.batch_size, shuffle=True, seed=self.seed, drop_last=drop_last,
+                           transform=self._train_transform(), sample_weights=self._sample_weights)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> BatchLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> BatchLoader:
+        self.setup()
+        return BatchLoader(self._tensors[split], self.cfg.batch_size, shuffle=False, seed=self.seed)
+
+    # -- records --
+    def fingerprint(self) -> dict:
+        """Where the data came from, split sizes and a sha256 over the raw split contents."""
+        self.setup()
+        sizes = {f"n_{s}": int(len(self._tensors[s][1])) for s in SPLITS}
+        return {"source": self.source, **sizes, "hash": self._hash}
+
+    def raw_frame(self, split: str) -> tuple:
+        """Raw (un-preprocessed) input rows of a split, columns spec.feature_names, and raw labels."""
+        self.setup()
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        rows, labels = self._raw[split]
+        if isinstance(rows, pd.DataFrame):
+            frame = rows[self.spec.feature_names].reset_index(drop=True)
+        else:
+            frame = pd.DataFrame(rows.reshape(len(rows), -1), columns=self.spec.feature_names)
+        return frame, np.asarray(labels)
+
+    def transform_frame(self, df) -> np.ndarray:
+        """Raw rows -> float32 model inputs, exactly as the logged model will do it."""
+        self.setup()
+        return preprocess.transform(df, self.prep)
+
+
+def _hash_splits(raw: dict) -> str:
+    h = hashlib.sha256()
+    for split in SPLITS:
+        rows, labels = raw[split]
+        h.update(split.encode())
+        for part in (rows, labels):
+            if isinstance(part, pd.DataFrame):
+                h.update("\x1f".join(map(str, part.columns)).encode())
+                h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+            elif isinstance(part, np.ndarray) and part.dtype != object:
+                h.update(str((part.shape, part.dtype.str)).encode())
+                h.update(np.ascontiguousarray(part).tobytes())
+            else:
+                h.update(pd.util.hash_pandas_object(pd.Series(part), index=False).to_numpy().tobytes())
+    return h.hexdigest()
