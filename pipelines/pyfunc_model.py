@@ -26,7 +26,7 @@ class DlpModel(mlflow.pyfunc.PythonModel):
         self.task = self.prep["task"]
         self.classes = self.prep.get("class_names", [])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         x = torch.from_numpy(np.ascontiguousarray(transform(frame, self.prep), dtype=np.float32))
         with torch.no_grad():

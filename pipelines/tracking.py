@@ -44,12 +44,30 @@ def git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class MLflowEpochLogger(Checkpoint):
-    """Logs every train/ and val/ metric once per epoch (step = epoch) from rank 0.
+class EpochEnd(Checkpoint):
+    """Calls `epoch_end(trainer, metrics)` once per finished epoch on rank 0, metrics final.
 
     A Checkpoint subclass on purpose: Lightning runs checkpoint-type callbacks' on_train_epoch_end
-    after the LightningModule's, so the epoch's aggregated metrics are final here. Epochs already
-    in the run (a resumed run) are skipped, so an epoch is never logged twice.
+    after the LightningModule's, so the epoch's aggregated train/ and val/ metrics are complete here.
+    """
+
+    def epoch_end(self, trainer, metrics: Dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EPOCH_PREFIXES)}
+        self.epoch_end(trainer, metrics)
+
+    def state_dict(self) -> Dict:
+        return {}
+
+
+class MLflowEpochLogger(EpochEnd):
+    """Logs every train/ and val/ metric once per epoch (step = epoch) from rank 0, by run id.
+
+    Epochs already in the run (a resumed run) are skipped, so an epoch is never logged twice.
     """
 
     def __init__(self, run_id: str, uri: str):
@@ -70,19 +88,28 @@ class MLflowEpochLogger(Checkpoint):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.client is None or trainer.sanity_checking or trainer.current_epoch <= self.last_logged:
+    def epoch_end(self, trainer, metrics: Dict[str, float]) -> None:
+        epoch = trainer.current_epoch
+        if self.client is None or epoch <= self.last_logged:
             return
         from mlflow.entities import Metric
 
-        epoch, now = trainer.current_epoch, int(time.time() * 1000)
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EPOCH_PREFIXES)}
-        values["perf/epoch_seconds"] = time.perf_counter() - self._epoch_start
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        metrics["perf/epoch_seconds"] = time.perf_counter() - self._epoch_start
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
         self.last_logged = epoch
 
-    def state_dict(self) -> Dict:
-        return {}
+
+class EpochPrinter(EpochEnd):
+    """One line per epoch where no progress bar can draw (logs, CI, Ray workers)."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+
+    def epoch_end(self, trainer, metrics: Dict[str, float]) -> None:
+        keys = ["train/loss", "val/loss", "train/acc", "val/acc", "val/r2", self.monitor]
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(keys) if k in metrics)
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}", flush=True)
 
 
 def log_learning_curve(client, run_id: str, monitor: str, path: Path) -> Optional[Path]:

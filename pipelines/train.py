@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,9 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
     callbacks = [ckpt_cb, *extra_callbacks]
     if run_id is not None:
         callbacks.append(tracking.MLflowEpochLogger(run_id, uri or tracking.tracking_uri(cfg)))
+    show_bar = cfg.trainer.progress_bar and sys.stderr.isatty()
+    if cfg.trainer.progress_bar and not show_bar:
+        callbacks.append(tracking.EpochPrinter(metric))
     if cfg.trainer.early_stopping.patience > 0:
         callbacks.append(EarlyStopping(monitor=metric, mode=mode, patience=cfg.trainer.early_stopping.patience,
                                        min_delta=cfg.trainer.early_stopping.min_delta))
@@ -78,7 +82,7 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         strategy=strategy, plugins=plugins, callbacks=callbacks, logger=False,
         gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
-        deterministic="warn" if t.deterministic else False, enable_progress_bar=t.progress_bar,
+        deterministic="warn" if t.deterministic else False, enable_progress_bar=show_bar,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, **limits)
 
     start = time.perf_counter()

@@ -10,8 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tiny, fast settings every end-to-end run shares: one thread per process (the machine has 2 cores).
-SMOKE = ["trainer=smoke", "trainer.threads=1"]
+# One quick epoch on a slice of the data; explicit keys because a preset, applied after
+# trainer=smoke, would set its own max_epochs. One thread per process: the machine has 2 cores.
+SMOKE = ["trainer=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+         "trainer.early_stopping.patience=0", "trainer.progress_bar=false", "trainer.threads=1"]
 
 
 @pytest.fixture
@@ -31,6 +33,15 @@ def run_dlp(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def dlp_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same CLI entry point, called in this process (saves a ~8 s interpreter start per call)."""
+    from pipelines.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def runs_with_status(uri: str, status: str) -> list:

@@ -2,10 +2,6 @@
 loaders (including simulated distributed sharding) and every image source on tiny files."""
 from __future__ import annotations
 
-import gzip
-import pickle
-import struct
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +15,7 @@ from datamodules.base import BatchLoader, shard_indices, split_indices
 from datamodules.image import Augment
 from datamodules.tabular import infer_task
 from pipelines.schema import AugmentConfig, ImageDataConfig, TabularDataConfig
+from tests.datafiles import write_cifar10, write_mnist
 
 
 def tabular(seed=0, **kw):
@@ -340,24 +337,10 @@ def test_image_folder(tmp_path):
         image(source="image_folder", path=str(tmp_path / "missing"))
 
 
-def write_idx(path, array, compress):
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        data = gzip.compress(data)
-    path.write_bytes(data)
-
-
 @pytest.mark.parametrize("compress,nested", [(False, False), (True, True)])
 def test_mnist_idx(tmp_path, compress, nested):
     root = tmp_path / "MNIST" / "raw" if nested else tmp_path
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 12, 12)), compress)
-    write_idx(root / "train-labels-idx1-ubyte", np.arange(60) % 10, compress)
-    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (15, 12, 12)), compress)
-    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(15) % 10, compress)
+    write_mnist(root, compress=compress)
     dm = image(source="mnist", path=str(tmp_path), val_fraction=0.2)
     assert dm.spec.input_shape == (1, 12, 12) and dm.spec.num_classes == 10
     fp = dm.fingerprint()
@@ -373,13 +356,7 @@ def test_mnist_missing_file(tmp_path):
 
 def test_cifar10_batches(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for name, n in [(f"data_batch_{i}", 10) for i in range(1, 6)] + [("test_batch", 7)]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
-        (root / name).write_bytes(pickle.dumps(batch))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    write_cifar10(root)
     dm = image(source="cifar10", path=str(tmp_path), val_fraction=0.2)
     assert dm.spec.input_shape == (3, 32, 32) and dm.spec.class_names[0] == "airplane"
     fp = dm.fingerprint()

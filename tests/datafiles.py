@@ -1,0 +1,36 @@
+"""Small files in the standard on-disk formats of online datasets (MNIST IDX, CIFAR-10 batches),
+so the real loaders are tested without a download."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+
+CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+def write_idx(path, array, compress=False):
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def write_mnist(root, n_train=60, n_test=15, size=12, compress=False, seed=0):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, size, size)), compress)
+    write_idx(root / "train-labels-idx1-ubyte", np.arange(n_train) % 10, compress)
+    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, size, size)), compress)
+    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10, compress)
+
+
+def write_cifar10(root, per_batch=10, n_test=7, seed=0):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
+        (root / name).write_bytes(pickle.dumps(batch))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": CIFAR10_NAMES}))
