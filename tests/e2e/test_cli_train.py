@@ -122,3 +122,27 @@ def test_data_error_in_a_real_process_exits_2_without_traceback(store, tmp_path)
     assert proc.returncode == 2
     assert_one_line_error(proc, "absent.csv")
     assert runs_with_status(store, "RUNNING") == []
+
+
+def test_ctrl_c_marks_the_run_killed(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "train", "experiment=digits_cnn", "trainer.max_epochs=500",
+         "trainer.threads=1", "trainer.accelerator=cpu"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # epoch lines appear once training is under way (no TTY here)
+        if line.startswith("epoch 2/") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert runs_with_status(store, "RUNNING") == []
+    assert len(runs_with_status(store, "KILLED")) == 1
