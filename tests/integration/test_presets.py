@@ -27,3 +27,15 @@ def test_preset_trains_one_quick_epoch(preset, tmp_path):
     assert math.isfinite(result.test_metrics["test/loss"])
     metric = "test/acc" if "test/acc" in result.test_metrics else "test/r2"
     assert math.isfinite(result.test_metrics[metric])
+
+
+def test_a_fixed_seed_gives_the_same_metrics_twice(tmp_path):
+    runs = []
+    for i in range(2):
+        cfg = compose(["experiment=wine_mlp", "trainer.max_epochs=3", "trainer.progress_bar=false",
+                       "trainer.threads=1", f"output_dir={tmp_path / str(i)}"])
+        runs.append(fit(cfg, run_id=None).test_metrics)
+    assert runs[0] == runs[1]
+    other = compose(["experiment=wine_mlp", "trainer.max_epochs=3", "trainer.progress_bar=false",
+                     "trainer.threads=1", "seed=7", f"output_dir={tmp_path / 'other'}"])
+    assert fit(other, run_id=None).test_metrics != runs[0]
