@@ -21,10 +21,15 @@ except ImportError:  # pragma: no cover - running from the repository
 class DlpModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         with open(context.artifacts["prep"]) as f:
-            self.prep = json.load(f)
-        self.net = torch.export.load(context.artifacts["net"]).module()
-        self.task = self.prep["task"]
-        self.classes = self.prep.get("class_names", [])
+            prep = json.load(f)
+        self.bind(torch.export.load(context.artifacts["net"]).module(), prep)
+
+    def bind(self, net, prep: dict) -> "DlpModel":
+        """Attach the network and its preprocessing (also used at logging time, for the signature)."""
+        self.net, self.prep = net, prep
+        self.task = prep["task"]
+        self.classes = prep.get("class_names", [])
+        return self
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

@@ -198,10 +198,7 @@ def log_model(net, prep: dict, raw_example,
         prep_path.write_text(json.dumps(prep))
         from pipelines import pyfunc_model
 
-        model = pyfunc_model.DlpModel()
-        model.prep, model.task = prep, prep["task"]
-        model.classes, model.net = prep.get("class_names", []), program.module()
-        output = model.predict(None, raw_example)
+        output = pyfunc_model.DlpModel().bind(program.module(), prep).predict(None, raw_example)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_model.__file__,

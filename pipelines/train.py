@@ -231,11 +231,8 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
     import models
 
     client = mlflow.MlflowClient()
-    model = models.build(cfg, dm.spec)
-    if result.best_checkpoint:
-        state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
-    model.eval()
+    best = result.best_checkpoint
+    model = models.load_checkpoint(best) if best else models.build(cfg, dm.spec).eval()
     with tempfile.TemporaryDirectory() as tmp:
         curve = tracking.log_learning_curve(client, out.run_id, cfg.monitor.metric, Path(tmp) / "learning_curve.png")
         if curve:
