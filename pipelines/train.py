@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -38,7 +38,6 @@ class TrainResult:
     experiment_id: str
     fit: FitResult
     model_uri: Optional[str] = None
-    artifacts: list = field(default_factory=list)
 
 
 def checkpoint_dir(cfg: DictConfig, run_id: str) -> Path:
@@ -225,7 +224,6 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
     import tempfile
 
     import mlflow
-    import numpy as np
     import torch
 
     import models
@@ -237,17 +235,12 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
         curve = tracking.log_learning_curve(client, out.run_id, cfg.monitor.metric, Path(tmp) / "learning_curve.png")
         if curve:
             mlflow.log_artifact(str(curve), "plots")
-            out.artifacts.append("plots/learning_curve.png")
         if dm.spec.task == "classification":
-            frame, labels = dm.raw_frame("test")
-            with torch.no_grad():
-                logits = model(torch.from_numpy(dm.transform_frame(frame)))
-            index = {name: i for i, name in enumerate(dm.spec.class_names)}
-            y_true = np.array([index[str(v)] for v in labels])
-            cm = tracking.save_confusion_matrix(y_true, logits.argmax(1).numpy(), dm.spec.class_names,
-                                                Path(tmp) / "confusion_matrix.png")
+            with torch.no_grad():  # the test split, already encoded and preprocessed by the datamodule
+                pairs = [(y, model(x).argmax(1)) for x, y in dm.test_dataloader()]
+            y_true, y_pred = (torch.cat(part).numpy() for part in zip(*pairs))
+            cm = tracking.save_confusion_matrix(y_true, y_pred, dm.spec.class_names, Path(tmp) / "confusion_matrix.png")
             mlflow.log_artifact(str(cm), "plots")
-            out.artifacts.append("plots/confusion_matrix.png")
     if result.best_checkpoint:
         mlflow.log_artifact(result.best_checkpoint, "checkpoints")
     if cfg.mlflow.log_model:
