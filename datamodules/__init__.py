@@ -10,7 +10,7 @@ __all__ = ["build", "BaseDataModule", "BatchLoader", "DataError", "DataSpec"]
 
 
 def build(data_cfg, seed: int) -> BaseDataModule:
-    """The datamodule for `data_cfg.kind` ("tabular" or "image"); nothing is loaded until setup()."""
+    """The datamodule for `data_cfg.kind` (tabular, image, text, timeseries); nothing is loaded until setup()."""
     kind = data_cfg.kind
     if kind == "tabular":
         from .tabular import TabularDataModule
@@ -20,4 +20,12 @@ def build(data_cfg, seed: int) -> BaseDataModule:
         from .image import ImageDataModule
 
         return ImageDataModule(data_cfg, seed)
-    raise DataError(f"data.kind: unknown '{kind}'; choose tabular or image")
+    if kind == "text":
+        from .text import TextDataModule
+
+        return TextDataModule(data_cfg, seed)
+    if kind == "timeseries":
+        from .timeseries import TimeSeriesDataModule
+
+        return TimeSeriesDataModule(data_cfg, seed)
+    raise DataError(f"data.kind: unknown '{kind}'; choose tabular, image, text or timeseries")

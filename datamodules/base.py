@@ -39,6 +39,14 @@ class DataSpec:
     target_name: str = "target"
     target_scale: Optional[list[float]] = None   # regression: [mean, std] of the train target; the net learns
                                                  # the standardised target, metrics and predictions are in raw units
+    # text: inputs are (N, L) int64 token ids, right-padded with pad_index; vocab[i] is token i
+    vocab_size: int = 0
+    pad_index: int = 0
+    vocab: Optional[list[str]] = None
+    # time series: inputs are (N, lookback, n_features) windows, feature 0 the (scaled) target;
+    # targets are (N, horizon) future values of it
+    lookback: int = 0
+    horizon: int = 0
 
 
 # ---- splits --------------------------------------------------------------------------------

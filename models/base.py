@@ -83,8 +83,10 @@ def sequential(*modules: nn.Module) -> nn.Sequential:
 
 
 def output_size(spec: Spec) -> int:
-    """Logits per class for classification, one value for regression."""
-    return int(spec.num_classes) if spec.task == "classification" else 1
+    """Logits per class for classification, `horizon` values for a forecast, else one value for regression."""
+    if spec.task == "classification":
+        return int(spec.num_classes)
+    return int(getattr(spec, "horizon", 0) or 1)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -219,6 +221,7 @@ class TaskModule(L.LightningModule):
         self.cfg = cfg
         self.classification = spec.task == "classification"
         self.target_scale = getattr(spec, "target_scale", None)
+        self.horizon = int(getattr(spec, "horizon", 0) or 0)   # > 0: outputs and targets are (N, horizon)
         self.criterion = make_loss(cfg.loss, spec)
         self.l1 = float(cfg.optim.l1)
         self.monitor_metric = cfg.monitor.metric
@@ -234,9 +237,9 @@ class TaskModule(L.LightningModule):
         self._plateau_replay: Optional[float] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) for classification, values (N,) for regression."""
+        """Logits (N, num_classes) for classification, values (N,) for regression, (N, horizon) for forecasts."""
         out = self.net(x)
-        return out if self.classification else out.squeeze(-1)
+        return out if self.classification or self.horizon else out.squeeze(-1)
 
     def decay_split(self) -> tuple[list, list]:
         """(weights, the rest): matrices and kernels get L1/L2; biases, norm and PReLU parameters do not."""
@@ -287,11 +290,12 @@ class TaskModule(L.LightningModule):
         self.log(f"{split}/loss", self.criterion(out, y), batch_size=y.shape[0], sync_dist=True)
         if self.classification:
             metrics.update(out.float().softmax(-1), y)
-        elif self.target_scale is not None:  # report errors in the target's own units
-            mean, std = self.target_scale
-            metrics.update(out.float() * std + mean, y.float() * std + mean)
-        else:
-            metrics.update(out.float(), y)
+        else:  # forecasts: every (window, step) pair is one prediction
+            out, y = out.float().reshape(-1), y.float().reshape(-1)
+            if self.target_scale is not None:  # report errors in the target's own units
+                mean, std = self.target_scale
+                out, y = out * std + mean, y * std + mean
+            metrics.update(out, y)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)

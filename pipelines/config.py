@@ -16,8 +16,13 @@ from pipelines.errors import ConfigError
 from pipelines.schema import CHOICES, DATA_SCHEMAS, MODEL_SCHEMAS, RootConfig
 
 # Keys a data source cannot do without (yaml marks them ???, which a merge would drop silently).
-REQUIRED_BY_SOURCE = {"csv": ("path", "target"), "parquet": ("path", "target"),
-                      "image_folder": ("path",), "mnist": ("path",), "cifar10": ("path",)}
+# (data.kind, data.source) -> keys that source cannot do without
+REQUIRED_BY_SOURCE = {("tabular", "csv"): ("path", "target"), ("tabular", "parquet"): ("path", "target"),
+                      ("image", "image_folder"): ("path",), ("image", "mnist"): ("path",), ("image", "cifar10"): ("path",),
+                      ("text", "csv"): ("path", "text", "target"), ("text", "parquet"): ("path", "text", "target"),
+                      ("text", "huggingface"): ("path",),
+                      ("timeseries", "csv"): ("path", "time", "target"),
+                      ("timeseries", "parquet"): ("path", "time", "target")}
 
 CONF_DIR = Path(os.environ.get("DLP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -103,7 +108,29 @@ def _check_values(cfg: DictConfig) -> None:
         ("optim.l1", o.l1 >= 0, "must be >= 0"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
     ]
-    for key in REQUIRED_BY_SOURCE.get(d.source, ()):
+    m = cfg.model
+    if m.name == "rnn_classifier":
+        checks.append(("model.pooling", m.pooling != "cls", "rnn_classifier pools with last, mean or max"))
+    if m.name == "transformer":
+        checks += [("model.d_model", m.d_model % m.nhead == 0, f"must be divisible by model.nhead={m.nhead}"),
+                   ("model.pooling", m.pooling != "max", "transformer pools with cls, mean or last")]
+    if m.name in ("rnn_classifier", "transformer") and d.kind not in ("text", "timeseries"):
+        checks.append(("model.name", False, f"{m.name} needs sequence data (data.kind text or timeseries), "
+                                            f"not {d.kind}"))
+    if m.name == "rnn_classifier" and d.kind != "text":
+        checks.append(("model.name", False, "rnn_classifier needs text data; use model=forecaster for time series"))
+    if m.name == "forecaster" and d.kind != "timeseries":
+        checks.append(("model.name", False, "forecaster needs time-series data (data.kind=timeseries)"))
+    if (m.name == "cnn" and d.kind in ("text", "timeseries")) or (m.name == "mlp" and d.kind == "text"):
+        checks.append(("model.name", False, f"{m.name} does not take {d.kind} data; use "
+                                            f"{'rnn_classifier or transformer' if d.kind == 'text' else 'forecaster, transformer or mlp'}"))
+    if d.kind == "timeseries":
+        checks += [("data.lookback", d.lookback >= 1, "must be >= 1"), ("data.horizon", d.horizon >= 1, "must be >= 1"),
+                   ("data.stride", d.stride >= 1, "must be >= 1")]
+    if d.kind == "text":
+        checks += [("data.max_length", d.max_length >= 1, "must be >= 1"), ("data.min_freq", d.min_freq >= 1, "must be >= 1"),
+                   ("data.max_vocab", d.max_vocab >= 3, "must be >= 3 (<pad>, <unk> and one token)")]
+    for key in REQUIRED_BY_SOURCE.get((d.kind, d.source), ()):
         if d.get(key) in (None, "", "???"):
             raise ConfigError(f"config: data.{key} is required for data.source={d.source}; add data.{key}=...")
     for key, ok, why in checks:

@@ -14,6 +14,12 @@ CHOICES: Dict[str, tuple] = {
     "model.init": ("default", "xavier", "kaiming"),
     "model.norm": ("none", "batch", "layer"),
     "model.pool": ("max", "avg"),
+    "model.cell": ("lstm", "gru"),
+    "model.pooling": ("last", "mean", "max", "cls"),
+    "model.positional": ("sinusoidal", "learned"),
+    "data.tokenizer": ("word", "char"),
+    "data.empty": ("error", "drop"),
+    "data.gaps": ("error", "interpolate", "ffill"),
     "data.task": ("auto", "classification", "regression"),
     "data.missing": ("error", "drop", "impute"),
     "data.balance": ("none", "weights", "oversample"),
@@ -50,6 +56,55 @@ class CNNConfig:
     dropout: float = 0.25       # after each block (Dropout2d) and in the head
     head_hidden: List[int] = field(default_factory=lambda: [128])
     init: str = "kaiming"
+
+
+@dataclass
+class RNNClassifierConfig:
+    """Embedding -> (bi)LSTM/GRU stack over the real tokens only -> pooled state -> classes."""
+    name: str = "rnn_classifier"
+    cell: str = "lstm"                # lstm | gru
+    embedding_dim: int = 128
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.3              # on embeddings, between layers and before the head
+    pooling: str = "max"              # last | mean | max over real (non-pad) positions
+    embedding_path: Optional[str] = None   # GloVe / word2vec text file: "token v1 v2 ..." per line
+    freeze_embedding: bool = False
+    init: str = "default"             # default | xavier | kaiming (linear layers); RNNs get orthogonal recurrences
+
+
+@dataclass
+class ForecasterConfig:
+    """LSTM/GRU over `lookback` steps of the target (+ exogenous features) -> `horizon` values at once."""
+    name: str = "forecaster"
+    cell: str = "lstm"
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    head_hidden: List[int] = field(default_factory=list)   # MLP between the last state and the horizon outputs
+    residual: bool = True             # predict the change from the last observed target value
+    init: str = "default"
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer encoder for token sequences (text) or windows of features (forecasting)."""
+    name: str = "transformer"
+    d_model: int = 64
+    nhead: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 128
+    dropout: float = 0.1
+    activation: str = "gelu"          # relu | gelu (feed-forward)
+    pooling: str = "cls"              # cls | mean (over real positions) | last
+    positional: str = "sinusoidal"    # sinusoidal | learned
+    max_length: int = 512             # longest sequence the positional table covers
+    norm_first: bool = True           # pre-LN: steadier training without warm-up tricks
+    embedding_path: Optional[str] = None   # text only, as for rnn_classifier
+    freeze_embedding: bool = False
+    residual: bool = True             # forecasting only, as for forecaster
+    init: str = "default"
 
 
 @dataclass
@@ -95,6 +150,55 @@ class ImageDataConfig:
     task: str = "classification"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     limit: Optional[int] = None       # keep only the first N training images (quick runs)
+
+
+@dataclass
+class TextDataConfig:
+    """Labelled text: the shipped Rotten Tomatoes reviews, CSV/Parquet files, or Hugging Face datasets."""
+    kind: str = "text"
+    source: str = "rotten_tomatoes"   # rotten_tomatoes | csv | parquet | huggingface
+    path: Optional[str] = None        # csv/parquet file; huggingface: hub name (imdb) or a local dataset directory
+    text: Optional[str] = None        # text column (shipped / huggingface default: "text")
+    target: Optional[str] = None      # label column (shipped / huggingface default: "label")
+    hf_config: Optional[str] = None   # huggingface: dataset configuration name
+    tokenizer: str = "word"           # word | char
+    lowercase: bool = True
+    min_freq: int = 2                 # vocabulary: tokens seen fewer times in TRAIN become <unk>
+    max_vocab: int = 20000            # vocabulary size cap, <pad> and <unk> included
+    max_length: int = 128             # tokens kept per text (longer texts are truncated)
+    empty: str = "error"              # error | drop: rows whose text is empty or missing
+    bucket: bool = True               # length-bucketed training batches (less padding)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15       # huggingface sources with a test split use it
+    stratify: bool = True
+    balance: str = "none"
+    batch_size: int = 64
+    task: str = "classification"
+    limit: Optional[int] = None       # keep only the first N rows (quick runs)
+
+
+@dataclass
+class TimeSeriesDataConfig:
+    """Time series: shipped series (Seattle hourly temperatures, monthly stock prices, CO2) or CSV/Parquet."""
+    kind: str = "timeseries"
+    source: str = "seattle_temps"     # seattle_temps | stocks | co2 | csv | parquet
+    path: Optional[str] = None
+    time: Optional[str] = None        # timestamp column (shipped sources know theirs)
+    target: Optional[str] = None      # the column to forecast
+    features: Optional[List[str]] = None   # exogenous input columns (their past values feed the model)
+    group: Optional[str] = None       # series id column for long-format files (stocks: symbol)
+    calendar: bool = False            # add hour/day-of-week/day-of-year sin-cos features from the timestamps
+    lookback: int = 48                # input steps per window
+    horizon: int = 24                 # future steps predicted at once
+    stride: int = 1                   # steps between consecutive windows
+    freq: Optional[str] = None        # pandas frequency (h, D, MS...); inferred when null
+    gaps: str = "error"               # error | interpolate | ffill: missing timestamps or values
+    val_fraction: float = 0.15        # chronological: train | val | test, in time order
+    test_fraction: float = 0.15
+    batch_size: int = 128
+    task: str = "regression"
+    balance: str = "none"
+    limit: Optional[int] = None       # keep only the last N time steps (quick runs)
 
 
 @dataclass
@@ -190,5 +294,7 @@ class RootConfig:
     tags: Dict[str, str] = field(default_factory=dict)   # extra MLflow run tags: +tags.team=vision
 
 
-MODEL_SCHEMAS: Dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig}
-DATA_SCHEMAS: Dict[str, type] = {"tabular": TabularDataConfig, "image": ImageDataConfig}
+MODEL_SCHEMAS: Dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig, "rnn_classifier": RNNClassifierConfig,
+                                   "forecaster": ForecasterConfig, "transformer": TransformerConfig}
+DATA_SCHEMAS: Dict[str, type] = {"tabular": TabularDataConfig, "image": ImageDataConfig, "text": TextDataConfig,
+                                  "timeseries": TimeSeriesDataConfig}
