@@ -6,6 +6,11 @@ transform training used. Keep it free of torch and of package-relative imports.
 """
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +24,10 @@ def transform(data, prep: dict) -> np.ndarray:
         return _tabular(data, prep)
     if prep["kind"] == "image":
         return _image(data, prep)
+    if prep["kind"] == "text":
+        return _text(data, prep)
+    if prep["kind"] == "timeseries":
+        return _timeseries(data, prep)
     raise ValueError(f"unknown preprocessing kind {prep['kind']!r}")
 
 
@@ -137,3 +146,242 @@ def _image(data, prep: dict) -> np.ndarray:
     mean = np.asarray(prep["mean"], dtype=np.float32).reshape(1, c, 1, 1)
     std = np.asarray(prep["std"], dtype=np.float32).reshape(1, c, 1, 1)
     return ((x - mean) / std).astype(np.float32)
+
+
+# ---- timeseries ----------------------------------------------------------------------------
+
+def ts_columns(prep: dict) -> list:
+    """The raw history columns a forecaster takes: time, group (if any), target, features."""
+    group = [prep["group"]] if prep.get("group") else []
+    return [prep["time"], *group, prep["target"], *prep["features"]]
+
+
+def ts_calendar(freq: str) -> list:
+    """Calendar cycles that change between steps of `freq`: hour (step < 1 day), week (< 7 days), year."""
+    grid = pd.date_range("2001-01-01", periods=2, freq=freq)
+    step = grid[1] - grid[0]
+    day, week = pd.Timedelta(days=1), pd.Timedelta(days=7)
+    return (["hour"] if step < day else []) + (["week"] if step < week else []) + ["year"]
+
+
+def ts_groups(data, prep: dict) -> list:
+    """Raw history -> [(series key or None, its rows sorted by time)], keys sorted; times parsed, values float.
+
+    Raises ValueError for a missing column, unparseable times, non-numeric values or repeated timestamps.
+    """
+    columns = ts_columns(prep)
+    if not isinstance(data, pd.DataFrame):
+        arr = np.asarray(data, dtype=object)
+        if arr.ndim != 2 or arr.shape[1] != len(columns):
+            raise ValueError(f"expected {len(columns)} columns ({', '.join(columns)}), got shape {arr.shape}")
+        data = pd.DataFrame(arr, columns=columns)
+    for c in columns:
+        if c not in data.columns:
+            raise ValueError(f"input is missing column '{c}'")
+    data = data.reset_index(drop=True)
+    time, group = prep["time"], prep.get("group")
+    try:
+        t = pd.to_datetime(data[time], errors="coerce")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"column '{time}' cannot be read as timestamps: {e}") from e
+    if t.isna().any():
+        sample = data[time][t.isna()].iloc[0]
+        raise ValueError(f"column '{time}' has values that are not timestamps, such as {sample!r}")
+    frame = pd.DataFrame({time: t})
+    if group:
+        if data[group].isna().any():
+            raise ValueError(f"column '{group}' has rows without a series id")
+        frame[group] = data[group]
+    for c in [prep["target"], *prep["features"]]:
+        frame[c] = _numeric(data[c], c)
+    parts = frame.groupby(group, sort=True) if group else [(None, frame)]
+    out = []
+    for key, rows in parts:
+        rows = rows.sort_values(time, kind="stable").reset_index(drop=True)
+        repeated = rows[time].duplicated()
+        if repeated.any():
+            raise ValueError(f"{_ts_name(key)}timestamp {rows[time][repeated].iloc[0]} appears more than once")
+        out.append((key, rows[columns]))
+    return out
+
+
+def ts_regular(rows: pd.DataFrame, prep: dict) -> pd.DataFrame:
+    """One series (sorted, unique times) on the regular prep["freq"] grid from its first to its last
+    timestamp; a missing step becomes a row of NaN values. Raises ValueError for an off-grid timestamp."""
+    time, group = prep["time"], prep.get("group")
+    t = pd.DatetimeIndex(rows[time])
+    grid = pd.date_range(t[0], t[-1], freq=prep["freq"])
+    on_grid = t.isin(grid)
+    if len(grid) == 0 or grid[0] != t[0] or not on_grid.all():
+        bad = t[~on_grid][0] if not on_grid.all() else t[0]
+        raise ValueError(f"timestamp {bad} is not on the '{prep['freq']}' grid of its series")
+    out = rows.set_index(time).reindex(grid).rename_axis(time).reset_index()
+    if group:
+        out[group] = rows[group].iloc[0]
+    return out[ts_columns(prep)]
+
+
+def ts_fill(frame: pd.DataFrame, prep: dict) -> pd.DataFrame:
+    """Fill the NaN values of one regular series as prep["gaps"] says: interpolate (linear in time, nearest
+    value at the edges) or ffill (then back fill at the start); with "error" any gap raises ValueError."""
+    columns = [prep["target"], *prep["features"]]
+    values = frame[columns]
+    holes = values.isna().any(axis=1).to_numpy()
+    if not holes.any():
+        return frame
+    if prep["gaps"] == "error":
+        first, n = frame[prep["time"]][holes].iloc[0], int(holes.sum())
+        raise ValueError(f"the history has {n} time step{'s' * (n != 1)} with missing values (first {first}); "
+                         "the model was trained with gaps=error")
+    empty = [c for c in columns if values[c].isna().all()]
+    if empty:
+        raise ValueError(f"column '{empty[0]}' has no values to fill its gaps from")
+    if prep["gaps"] == "interpolate":
+        values = values.set_axis(pd.DatetimeIndex(frame[prep["time"]]))
+        values = values.interpolate(method="time", limit_area="inside").ffill().bfill()
+    elif prep["gaps"] == "ffill":
+        values = values.ffill().bfill()
+    else:
+        raise ValueError(f"unknown gaps mode {prep['gaps']!r}; expected error, interpolate or ffill")
+    out = frame.copy()
+    out[columns] = values.to_numpy()
+    return out
+
+
+def ts_features(frame: pd.DataFrame, prep: dict) -> np.ndarray:
+    """Model inputs of each step of one filled series, (T, F) float32: the scaled target, the scaled
+    features, then sin and cos of each calendar cycle (ts_calendar) when prep["calendar"]."""
+    blocks = []
+    for c in [prep["target"], *prep["features"]]:
+        mean, std = prep["scale"][c]
+        blocks.append((frame[c].to_numpy(dtype=np.float64) - mean) / std)
+    if prep["calendar"]:
+        t = pd.DatetimeIndex(frame[prep["time"]])
+        hours = np.asarray(t.hour + t.minute / 60 + t.second / 3600, dtype=np.float64)
+        phase = {"hour": hours / 24, "week": (np.asarray(t.day_of_week) + hours / 24) / 7,
+                 "year": (np.asarray(t.day_of_year) - 1 + hours / 24) / 365.25}
+        for cycle in ts_calendar(prep["freq"]):
+            angle = 2 * np.pi * phase[cycle]
+            blocks += [np.sin(angle), np.cos(angle)]
+    return np.stack(blocks, axis=1).astype(np.float32)
+
+
+def _timeseries(data, prep: dict) -> np.ndarray:
+    """History -> (G, lookback, F): the last lookback steps of each series (sorted keys), as in training."""
+    lookback = prep["lookback"]
+    out = []
+    for key, rows in ts_groups(data, prep):
+        frame = ts_fill(ts_regular(rows, prep), prep)
+        if len(frame) < lookback:
+            raise ValueError(f"{_ts_name(key)}history has {len(frame)} time steps; the model needs the last "
+                             f"{lookback} of each series")
+        out.append(ts_features(frame.iloc[-lookback:], prep))
+    if not out:
+        raise ValueError(f"empty history; the model needs the last {lookback} time steps of each series")
+    return np.stack(out)
+
+
+def forecast_frame(data, prep: dict, values) -> pd.DataFrame:
+    """Forecast rows for history `data` and predicted raw-unit `values` (G, horizon), series in transform's
+    order: [group column,] time (last timestamp + k steps), step k = 1..horizon, prediction."""
+    groups = ts_groups(data, prep)
+    horizon, time, group = prep["horizon"], prep["time"], prep.get("group")
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1 and len(groups) == 1:
+        values = values[None]
+    if values.shape != (len(groups), horizon):
+        raise ValueError(f"expected forecasts of shape ({len(groups)}, {horizon}), got {values.shape}")
+    step = pd.tseries.frequencies.to_offset(prep["freq"])
+    parts = []
+    for (key, rows), v in zip(groups, values):
+        last = rows[time].iloc[-1]
+        part = {group: [key] * horizon} if group else {}
+        part[time] = pd.DatetimeIndex([last + k * step for k in range(1, horizon + 1)])
+        parts.append(pd.DataFrame({**part, "step": np.arange(1, horizon + 1), "prediction": v}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _ts_name(key) -> str:
+    return "" if key is None else f"series {key!r}: "
+
+
+# ---- text ----------------------------------------------------------------------------------
+
+PAD, UNK = "<pad>", "<unk>"
+_TAG = re.compile(r"<\s*/?\s*[A-Za-z][^<>]*>")        # <br />, <i>, </p>: IMDB reviews are full of them
+_WORD = re.compile(r"[\w']+|[^\w\s]")                  # words ("don't" stays whole) and single punctuation marks
+_SPACE = re.compile(r"\s+")
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'"})   # curly apostrophes would split "don’t"
+
+
+def clean_text(text, lowercase: bool = True) -> str:
+    """NFKC-normalised text without HTML tags or entities, straight apostrophes and single spaces.
+
+    Missing values (None, NaN) become "".
+    """
+    if not isinstance(text, str):
+        try:
+            missing = bool(pd.isna(text))
+        except (TypeError, ValueError):
+            missing = False
+        if missing:
+            return ""
+        text = str(text)
+    text = html.unescape(_TAG.sub(" ", text))
+    text = unicodedata.normalize("NFKC", text).translate(_QUOTES)
+    if lowercase:
+        text = text.lower()
+    return _SPACE.sub(" ", text).strip()
+
+
+def tokenize(text: str, tokenizer: str) -> list:
+    """Tokens of cleaned text: `word` = words and punctuation marks, `char` = characters (spaces included)."""
+    if tokenizer == "word":
+        return _WORD.findall(text)
+    if tokenizer == "char":
+        return list(text)
+    raise ValueError(f"unknown tokenizer {tokenizer!r}; choose word or char")
+
+
+def tokenize_texts(texts, tokenizer: str, lowercase: bool) -> list:
+    """clean_text + tokenize for every text; a list of token lists."""
+    return [tokenize(clean_text(t, lowercase), tokenizer) for t in texts]
+
+
+def fit_vocab(token_lists, min_freq: int, max_vocab: int) -> list:
+    """Vocabulary from TRAIN token lists: <pad>, <unk>, then tokens seen >= min_freq times, most frequent
+    first (ties alphabetical), at most max_vocab entries in all."""
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
+                  key=lambda t: (-counts[t], t))
+    return [PAD, UNK] + kept[:max(0, max_vocab - 2)]
+
+
+def encode(token_lists, vocab: list, max_length: int, pad: int = 0, unk: int = 1) -> np.ndarray:
+    """Token ids, truncated to max_length and right-padded with `pad`: int64 (N, max_length)."""
+    index = {t: i for i, t in enumerate(vocab) if i not in (pad, unk)}
+    out = np.full((len(token_lists), max_length), pad, dtype=np.int64)
+    for row, tokens in enumerate(token_lists):
+        ids = [index.get(t, unk) for t in tokens[:max_length]]
+        out[row, :len(ids)] = ids
+    return out
+
+
+def _text(data, prep: dict) -> np.ndarray:
+    """Texts (column prep["column"] of a frame, or a 1-d array) -> int64 token ids; missing text -> all pad."""
+    column = prep["column"]
+    if isinstance(data, pd.DataFrame):
+        if column not in data.columns:
+            raise ValueError(f"input is missing column '{column}'")
+        texts = data[column].tolist()
+    elif isinstance(data, pd.Series):
+        texts = data.tolist()
+    else:
+        arr = np.asarray(data, dtype=object)
+        arr = arr.reshape(1) if arr.ndim == 0 else arr
+        arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
+        if arr.ndim != 1:
+            raise ValueError(f"expected one text per row (column '{column}'), got shape {arr.shape}")
+        texts = arr.tolist()
+    tokens = tokenize_texts(texts, prep["tokenizer"], prep["lowercase"])
+    return encode(tokens, prep["vocab"], prep["max_length"], prep["pad"], prep["unk"])

@@ -89,6 +89,50 @@ def output_size(spec: Spec) -> int:
     return int(getattr(spec, "horizon", 0) or 1)
 
 
+# ---------------------------------------------------------------------------------------------- sequences
+
+def real_lengths(x: torch.Tensor, pad_index: int) -> torch.Tensor:
+    """Tokens before the right padding of each (N, L) row, at least 1 so an all-pad row pools without NaN."""
+    return (x != pad_index).sum(1).clamp_min(1)
+
+
+def pool_positions(h: torch.Tensor, lengths: Optional[torch.Tensor], how: str) -> torch.Tensor:
+    """(N, L, D) -> (N, D): last | mean | max over the first `lengths` positions (all of them when None).
+
+    Masks instead of slicing, so shapes never depend on tensor values and torch.export keeps a dynamic batch.
+    """
+    if lengths is None:
+        if how == "last":
+            return h[:, -1]
+        return h.mean(1) if how == "mean" else h.amax(1)
+    if how == "last":
+        return h.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, h.shape[-1])).squeeze(1)
+    real = (torch.arange(h.shape[1], device=h.device) < lengths[:, None]).unsqueeze(-1)   # (N, L, 1)
+    if how == "mean":
+        return (h * real.to(h.dtype)).sum(1) / lengths[:, None].to(h.dtype)
+    if how == "max":
+        return h.masked_fill(~real, float("-inf")).amax(1)
+    raise ValueError(f"model.pooling={how!r} is unknown here; choose one of last, mean, max")
+
+
+def init_recurrent(rnn: nn.RNNBase) -> None:
+    """Orthogonal hidden-to-hidden blocks, zero biases, and forget-gate bias 1 for an LSTM.
+
+    Orthogonal recurrences keep the gradient norm steady across time steps (Saxe et al., 2014); a forget bias
+    of 1 makes a fresh LSTM remember by default, so long-range gradients flow from the first step
+    (Jozefowicz et al., 2015). Input-to-hidden weights keep PyTorch's initialisation.
+    """
+    h = rnn.hidden_size
+    for name, p in rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            for gate in p.data.split(h, 0):
+                nn.init.orthogonal_(gate)
+        elif name.startswith("bias"):
+            nn.init.zeros_(p)
+            if isinstance(rnn, nn.LSTM) and name.startswith("bias_ih"):
+                p.data[h:2 * h] = 1.0   # gate order i, f, g, o; bias_hh's forget slice stays 0, so the sum is 1
+
+
 # ---------------------------------------------------------------------------------------------- loss
 
 class TaskLoss(nn.Module):

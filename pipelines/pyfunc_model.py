@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 
 try:  # inside a logged model, code_paths puts preprocess.py on sys.path
-    from preprocess import transform
+    from preprocess import forecast_frame, transform
 except ImportError:  # pragma: no cover - running from the repository
-    from datamodules.preprocess import transform
+    from datamodules.preprocess import forecast_frame, transform
 
 
 class DlpModel(mlflow.pyfunc.PythonModel):
@@ -32,16 +32,20 @@ class DlpModel(mlflow.pyfunc.PythonModel):
         return self
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Tabular/image rows -> one prediction per row; texts -> label + probabilities per text;
+        a time-series history (one or more series) -> `horizon` future rows per series with timestamps."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        x = torch.from_numpy(np.ascontiguousarray(transform(frame, self.prep), dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(transform(frame, self.prep)))  # float32, or int64 token ids
         with torch.no_grad():
             out = self.net(x)
         if self.task == "regression":
-            values = out.reshape(-1).numpy().astype(np.float64)
+            values = out.numpy().astype(np.float64)
             target = self.prep.get("target_scale")
             if target:  # the net predicts the standardised target
                 values = values * target[1] + target[0]
-            return pd.DataFrame({"prediction": values})
+            if self.prep["kind"] == "timeseries":
+                return forecast_frame(frame, self.prep, values)
+            return pd.DataFrame({"prediction": values.reshape(-1)})
         probs = torch.softmax(out.float(), dim=-1).numpy()
         result = pd.DataFrame({"prediction": np.asarray(self.classes, dtype=object)[probs.argmax(1)]})
         for i, name in enumerate(self.classes):

@@ -112,67 +112,6 @@ class EpochPrinter(EpochEnd):
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}", flush=True)
 
 
-def log_learning_curve(client, run_id: str, monitor: str, path: Path) -> Optional[Path]:
-    """Plot train/val loss and the monitored metric per epoch from the run's own history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def series(key):
-        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        return [m.step for m in hist], [m.value for m in hist]
-
-    panels = [("loss", ["train/loss", "val/loss"])]
-    if monitor not in ("val/loss", "train/loss"):
-        panels.append((monitor.split("/")[-1], [monitor.replace("val/", "train/"), monitor]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    plotted = False
-    for ax, (title, keys) in zip(axes[0], panels):
-        for key in keys:
-            x, y = series(key)
-            if x:
-                ax.plot(x, y, marker="o", ms=3, label=key)
-                plotted = True
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    if plotted:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path if plotted else None
-
-
-def save_confusion_matrix(y_true, y_pred, class_names, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    k = len(class_names)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"test confusion matrix (acc {np.trace(cm) / max(cm.sum(), 1):.3f})")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def log_model(net, prep: dict, raw_example,
               registered_model_name: Optional[str] = None):
     """Log `net` + preprocessing as a pyfunc model (raw rows in) under the active run's `model`.

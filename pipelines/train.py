@@ -224,33 +224,78 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
     import tempfile
 
     import mlflow
-    import torch
 
     import models
+    from pipelines import plots
 
     client = mlflow.MlflowClient()
     best = result.best_checkpoint
     model = models.load_checkpoint(best) if best else models.build(cfg, dm.spec).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        curve = tracking.log_learning_curve(client, out.run_id, cfg.monitor.metric, Path(tmp) / "learning_curve.png")
+        curve = plots.learning_curve(client, out.run_id, cfg.monitor.metric, Path(tmp) / "learning_curve.png")
         if curve:
             mlflow.log_artifact(str(curve), "plots")
         if dm.spec.task == "classification":
-            with torch.no_grad():  # the test split, already encoded and preprocessed by the datamodule
-                pairs = [(y, model(x).argmax(1)) for x, y in dm.test_dataloader()]
-            y_true, y_pred = (torch.cat(part).numpy() for part in zip(*pairs))
-            cm = tracking.save_confusion_matrix(y_true, y_pred, dm.spec.class_names, Path(tmp) / "confusion_matrix.png")
+            y_true, y_pred = _test_outputs(model, dm)
+            cm = plots.confusion_matrix(y_true, y_pred.argmax(1), dm.spec.class_names, Path(tmp) / "confusion_matrix.png")
             mlflow.log_artifact(str(cm), "plots")
+        elif getattr(dm.spec, "horizon", 0):
+            _log_forecast(cfg, dm, model, Path(tmp))
     if result.best_checkpoint:
         mlflow.log_artifact(result.best_checkpoint, "checkpoints")
     if cfg.mlflow.log_model:
-        frame, _ = dm.raw_frame("test")
-        # integer columns would make the signature refuse float inputs; doubles accept both
-        example = frame.head(5).astype({c: "float64" for c in frame.select_dtypes("integer").columns})
-        info = tracking.log_model(model.net, dm.prep, example,
+        info = tracking.log_model(model.net, dm.prep, _input_example(dm),
                                   registered_model_name=cfg.mlflow.registered_model_name)
         out.model_uri = f"runs:/{out.run_id}/model"
         mlflow.set_tag("dlp.model_uri", info.model_uri)
+
+
+def _test_outputs(model, dm) -> tuple:
+    """(targets, network outputs) over the test split, already encoded and preprocessed by the datamodule."""
+    import torch
+
+    with torch.no_grad():
+        pairs = [(y, model(x)) for x, y in dm.test_dataloader()]
+    return tuple(torch.cat(part).numpy() for part in zip(*pairs))
+
+
+def _log_forecast(cfg: DictConfig, dm, model, tmp: Path) -> None:
+    """Forecast plot, per-horizon MAE/RMSE (metric `test/mae_by_horizon` with step = steps ahead, plus CSV and PNG)."""
+    import mlflow
+    import pandas as pd
+
+    from pipelines import plots
+
+    y, pred = _test_outputs(model, dm)
+    mean, std = dm.spec.target_scale or (0.0, 1.0)
+    y, pred = y * std + mean, pred * std + mean
+    errors = plots.per_horizon_errors(pred, y)
+    for h, (mae, rmse) in enumerate(zip(errors["mae"], errors["rmse"]), start=1):
+        mlflow.log_metrics({"test/mae_by_horizon": mae, "test/rmse_by_horizon": rmse}, step=h)
+    table = pd.DataFrame({"steps_ahead": range(1, len(errors["mae"]) + 1), **errors})
+    mlflow.log_text(table.to_csv(index=False), "forecast/per_horizon.csv")
+    prep = dm.prep
+    paths = [plots.forecast(dm.series("test"), dm.window_index("test"), pred, prep["target"], prep["time"],
+                            prep.get("group"), tmp / "forecast.png"),
+             plots.horizon_errors(errors, prep["target"], tmp / "error_by_horizon.png")]
+    for path in paths:
+        mlflow.log_artifact(str(path), "plots")
+
+
+def _input_example(dm):
+    """A few raw rows the logged model accepts (for time series: the last lookback steps of each test series)."""
+    frame, _ = dm.raw_frame("test")
+    prep = dm.prep
+    if prep["kind"] == "timeseries":
+        group = prep.get("group")
+        frame = (frame.groupby(group, sort=True).tail(prep["lookback"]) if group else frame.tail(prep["lookback"]))
+        frame = frame.reset_index(drop=True)
+        # timestamps travel as ISO strings: a CSV handed to `dlp predict` has strings, not datetimes
+        frame[prep["time"]] = frame[prep["time"]].astype(str)
+    else:
+        frame = frame.head(5)
+    # integer columns would make the signature refuse float inputs; doubles accept both
+    return frame.astype({c: "float64" for c in frame.select_dtypes("integer").columns})
 
 
 def summary(cfg: DictConfig, out: TrainResult, wall: float) -> str:

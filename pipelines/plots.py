@@ -1,0 +1,134 @@
+"""The PNGs a run logs under `plots/`: learning curve, confusion matrix, forecast and per-horizon error.
+
+Written by pipelines.train on the driver after fit; matplotlib runs headless (Agg).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(client, run_id: str, monitor: str, path: Path) -> Optional[Path]:
+    """Plot train/val loss and the monitored metric per epoch from the run's own history."""
+    plt = _pyplot()
+
+    def series(key):
+        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        return [m.step for m in hist], [m.value for m in hist]
+
+    panels = [("loss", ["train/loss", "val/loss"])]
+    if monitor not in ("val/loss", "train/loss"):
+        panels.append((monitor.split("/")[-1], [monitor.replace("val/", "train/"), monitor]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    plotted = False
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            x, y = series(key)
+            if x:
+                ax.plot(x, y, marker="o", ms=3, label=key)
+                plotted = True
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if plotted:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path if plotted else None
+
+
+def confusion_matrix(y_true, y_pred, class_names, path: Path) -> Path:
+    plt = _pyplot()
+
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix (acc {np.trace(cm) / max(cm.sum(), 1):.3f})")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_horizon_errors(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """MAE and RMSE at each forecast step (1-based) over all windows: {"mae": [...], "rmse": [...]}."""
+    err = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    return {"mae": np.abs(err).mean(0).tolist(), "rmse": np.sqrt((err ** 2).mean(0)).tolist()}
+
+
+def forecast(series, index, pred: np.ndarray, target: str, time: str, group_col: Optional[str], path: Path,
+             max_windows: int = 8) -> Path:
+    """Test-split truth of one series with the forecasts of non-overlapping windows drawn over it.
+
+    Args:
+        series: the test split's rows (dm.series("test")): time, target and, for grouped data, group_col;
+            only the first series is drawn.
+        index: dm.window_index("test"), one row per window in the order of `pred`.
+        pred: (windows, horizon) forecasts in the target's units.
+    """
+    plt = _pyplot()
+    horizon = pred.shape[1]
+    group = index["group"].iloc[0]
+    rows = np.flatnonzero((index["group"] == group).to_numpy()) if group is not None else np.arange(len(index))
+    truth = series if group is None else series[series[group_col] == group]
+    # non-overlapping windows spread over the split, so the forecasts tile the truth instead of piling up
+    tiles = rows[::horizon]
+    tiles = tiles[np.linspace(0, len(tiles) - 1, min(max_windows, len(tiles))).round().astype(int)]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(truth[time], truth[target], color="0.3", lw=1, label="truth (test split)")
+    freq = truth[time].diff().median()
+    for k, i in enumerate(tiles):
+        start = index["start"].iloc[i]
+        ax.plot([start + j * freq for j in range(horizon)], pred[i], color="tab:orange", lw=1.5,
+                label="forecast" if k == 0 else None)
+        ax.axvline(index["origin"].iloc[i], color="tab:orange", alpha=0.25, lw=0.8)
+    ax.set_title(f"{target}: test forecasts ({horizon} steps from each marked origin)"
+                 + (f" · {group}" if group is not None else ""))
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def horizon_errors(errors: dict, target: str, path: Path) -> Path:
+    """MAE and RMSE against the forecast step."""
+    plt = _pyplot()
+    steps = np.arange(1, len(errors["mae"]) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, errors["mae"], marker="o", ms=3, label="MAE")
+    ax.plot(steps, errors["rmse"], marker="o", ms=3, label="RMSE")
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel(f"{target} error")
+    ax.set_title("test error by forecast horizon")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
