@@ -31,6 +31,19 @@ def transform(data, prep: dict) -> np.ndarray:
     raise ValueError(f"unknown preprocessing kind {prep['kind']!r}")
 
 
+def as_frame(data, columns: list, dtype=None) -> pd.DataFrame:
+    """Rows as a DataFrame holding `columns` (an array is read in that column order); ValueError if one is missing."""
+    if not isinstance(data, pd.DataFrame):
+        arr = np.asarray(data, dtype=dtype)
+        if arr.ndim != 2 or arr.shape[1] != len(columns):
+            raise ValueError(f"expected {len(columns)} columns ({', '.join(columns)}), got shape {arr.shape}")
+        data = pd.DataFrame(arr, columns=columns)
+    for c in columns:
+        if c not in data.columns:
+            raise ValueError(f"input is missing column '{c}'")
+    return data
+
+
 # ---- tabular -------------------------------------------------------------------------------
 
 def fit_tabular(df: pd.DataFrame, columns: list, categorical: list, missing: str) -> dict:
@@ -67,14 +80,7 @@ def fit_tabular(df: pd.DataFrame, columns: list, categorical: list, missing: str
 
 def _tabular(data, prep: dict) -> np.ndarray:
     columns = prep["columns"]
-    if not isinstance(data, pd.DataFrame):
-        arr = np.asarray(data)
-        if arr.ndim != 2 or arr.shape[1] != len(columns):
-            raise ValueError(f"expected {len(columns)} columns ({', '.join(columns)}), got shape {arr.shape}")
-        data = pd.DataFrame(arr, columns=columns)
-    for c in columns:
-        if c not in data.columns:
-            raise ValueError(f"input is missing column '{c}'")
+    data = as_frame(data, columns)
     impute = prep.get("impute", {})
     blocks = []
     for c in columns:
@@ -170,14 +176,7 @@ def ts_groups(data, prep: dict) -> list:
     Raises ValueError for a missing column, unparseable times, non-numeric values or repeated timestamps.
     """
     columns = ts_columns(prep)
-    if not isinstance(data, pd.DataFrame):
-        arr = np.asarray(data, dtype=object)
-        if arr.ndim != 2 or arr.shape[1] != len(columns):
-            raise ValueError(f"expected {len(columns)} columns ({', '.join(columns)}), got shape {arr.shape}")
-        data = pd.DataFrame(arr, columns=columns)
-    for c in columns:
-        if c not in data.columns:
-            raise ValueError(f"input is missing column '{c}'")
+    data = as_frame(data, columns, dtype=object)
     data = data.reset_index(drop=True)
     time, group = prep["time"], prep.get("group")
     try:

@@ -115,6 +115,18 @@ def pool_positions(h: torch.Tensor, lengths: Optional[torch.Tensor], how: str) -
     raise ValueError(f"model.pooling={how!r} is unknown here; choose one of last, mean, max")
 
 
+def naive_forecast(x: torch.Tensor, horizon: int, season: int = 0) -> torch.Tensor:
+    """The classical no-skill forecast from windows x (N, lookback, F) whose feature 0 is the target:
+    the last value repeated (season=0) or the last `season` values repeated (seasonal naive), (N, horizon).
+
+    Forecasting nets add it to their output (model.residual), so they learn a correction to it.
+    """
+    if season <= 0:
+        return x[:, -1, :1].expand(-1, horizon)
+    steps = torch.arange(horizon, device=x.device) % season + (x.shape[1] - season)
+    return x[:, steps, 0]
+
+
 def init_recurrent(rnn: nn.RNNBase) -> None:
     """Orthogonal hidden-to-hidden blocks, zero biases, and forget-gate bias 1 for an LSTM.
 

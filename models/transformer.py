@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_weights, output_size, pool_positions, real_lengths
+from models.base import Spec, TaskModule, init_weights, naive_forecast, output_size, pool_positions, real_lengths
 from models.embeddings import setup_embedding
 from pipelines.errors import UserError
 
@@ -31,14 +31,18 @@ class TransformerEncoderNet(nn.Module):
     Text: embedding * sqrt(d_model) and a key padding mask on the right padding (pads never reach a real
     position, so extra padding leaves the outputs unchanged). Windows: a linear projection, no mask.
     pooling: cls (a learned token prepended, never masked) | mean | last, over real positions.
-    residual (forecasting): adds the last observed target x[:, -1, 0] to every output, as model=forecaster.
+    residual (forecasting): adds a naive forecast (last value, or the last `season` steps) to the outputs,
+    as model=forecaster.
+    patch (forecasting): each token is `patch` consecutive steps (PatchTST, Nie et al. 2023): a shorter
+    sequence whose tokens carry local shape, not one noisy point each; the oldest lookback % patch steps
+    are dropped.
     """
 
     def __init__(self, input_shape: Sequence[int], out_features: int, vocab_size: int = 0, pad_index: int = 0,
                  d_model: int = 64, nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 128,
                  dropout: float = 0.1, activation: str = "gelu", pooling: str = "cls",
                  positional: str = "sinusoidal", max_length: int = 512, norm_first: bool = True,
-                 residual: bool = False, init: str = "default"):
+                 residual: bool = False, init: str = "default", season: int = 0, patch: int = 1):
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"model.d_model={d_model} must be divisible by model.nhead={nhead}")
@@ -50,10 +54,14 @@ class TransformerEncoderNet(nn.Module):
             raise ValueError(f"model.positional={positional!r} is unknown; choose sinusoidal or learned")
         self.text, self.pad_index, self.pooling = vocab_size > 0, pad_index, pooling
         self.residual = residual and not self.text
-        positions = int(input_shape[0]) + (pooling == "cls")
+        self.horizon, self.season = out_features, season
+        self.patch = 1 if self.text else max(1, int(patch))
+        if self.patch > int(input_shape[0]):
+            raise UserError(f"model.patch={patch} is longer than the {input_shape[0]} input steps; lower it")
+        positions = int(input_shape[0]) // self.patch + (pooling == "cls")
         if positions > max_length:
             raise UserError(f"model.max_length={max_length} is shorter than the data's {positions} positions "
-                            f"({input_shape[0]} steps{' + CLS' if pooling == 'cls' else ''}); "
+                            f"({int(input_shape[0]) // self.patch} tokens{' + CLS' if pooling == 'cls' else ''}); "
                             f"set model.max_length={positions}")
         if self.text:
             self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_index)
@@ -64,7 +72,7 @@ class TransformerEncoderNet(nn.Module):
                 self.embed.weight[pad_index].zero_()
             self.scale = math.sqrt(d_model)
         else:
-            self.embed = nn.Linear(int(input_shape[-1]), d_model)
+            self.embed = nn.Linear(int(input_shape[-1]) * self.patch, d_model)
             self.scale = 1.0
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02) if pooling == "cls" else None
         self.learned = positional == "learned"
@@ -82,7 +90,11 @@ class TransformerEncoderNet(nn.Module):
         init_weights(self, init, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x) * self.scale
+        if self.patch > 1:  # (N, L, F) -> (N, L // patch, patch * F), newest steps kept
+            steps = x.shape[1] // self.patch * self.patch
+            h = self.embed(x[:, x.shape[1] - steps:].reshape(x.shape[0], steps // self.patch, -1))
+        else:
+            h = self.embed(x) * self.scale
         lengths = padding = None
         if self.text:
             lengths = real_lengths(x, self.pad_index)
@@ -96,7 +108,7 @@ class TransformerEncoderNet(nn.Module):
         h = self.encoder(self.dropout(h), src_key_padding_mask=padding)
         pooled = h[:, 0] if self.cls is not None else pool_positions(h, lengths, self.pooling)
         out = self.head(pooled)
-        return out + x[:, -1, :1] if self.residual else out
+        return out + naive_forecast(x, self.horizon, self.season) if self.residual else out
 
 
 class TransformerModule(TaskModule):
@@ -114,7 +126,8 @@ class TransformerModule(TaskModule):
         net = TransformerEncoderNet(tuple(spec.input_shape), output_size(spec), vocab_size,
                                     int(getattr(spec, "pad_index", 0) or 0), m.d_model, m.nhead, m.num_layers,
                                     m.dim_feedforward, m.dropout, m.activation, m.pooling, m.positional,
-                                    m.max_length, m.norm_first, m.residual and spec.task == "regression", m.init)
+                                    m.max_length, m.norm_first, m.residual and spec.task == "regression", m.init,
+                                    m.season, m.patch)
         if vocab_size:
             setup_embedding(net.embed, spec, m.embedding_path, m.freeze_embedding, dim_key="model.d_model")
         super().__init__(net, spec, cfg)

@@ -79,6 +79,11 @@ def cmd_predict(args) -> int:
         model = mlflow.pyfunc.load_model(args.model_uri)
     except (MlflowException, OSError) as e:
         raise UserError(f"predict: cannot load model '{args.model_uri}': {str(e).splitlines()[0]}") from None
+    schema = model.metadata.get_input_schema()
+    needed = [name for name in (schema.input_names() if schema is not None else []) if isinstance(name, str)]
+    missing = [name for name in needed if name not in frame.columns]
+    if missing:
+        raise UserError(f"predict: {src} lacks column(s) {', '.join(missing)}; the model takes {', '.join(needed)}")
     try:
         preds = model.predict(frame)
     except (MlflowException, ValueError, KeyError) as e:

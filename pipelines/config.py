@@ -125,7 +125,8 @@ def _check_values(cfg: DictConfig) -> None:
         checks.append(("model.name", False, f"{m.name} does not take {d.kind} data; use "
                                             f"{'rnn_classifier or transformer' if d.kind == 'text' else 'forecaster, transformer or mlp'}"))
     if d.kind == "timeseries":
-        checks += [("data.lookback", d.lookback >= 1, "must be >= 1"), ("data.horizon", d.horizon >= 1, "must be >= 1"),
+        season = m.get("season", 0) or 0
+        checks += [("model.season", 0 <= season <= d.lookback, f"must be in [0, data.lookback={d.lookback}]"),("data.lookback", d.lookback >= 1, "must be >= 1"), ("data.horizon", d.horizon >= 1, "must be >= 1"),
                    ("data.stride", d.stride >= 1, "must be >= 1")]
     if d.kind == "text":
         checks += [("data.max_length", d.max_length >= 1, "must be >= 1"), ("data.min_freq", d.min_freq >= 1, "must be >= 1"),

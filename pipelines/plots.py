@@ -107,13 +107,8 @@ def forecast(series, index, pred: np.ndarray, target: str, time: str, group_col:
         ax.axvline(index["origin"].iloc[i], color="tab:orange", alpha=0.25, lw=0.8)
     ax.set_title(f"{target}: test forecasts ({horizon} steps from each marked origin)"
                  + (f" · {group}" if group is not None else ""))
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, legend_loc="upper left")
 
 
 def horizon_errors(errors: dict, target: str, path: Path) -> Path:
@@ -126,9 +121,13 @@ def horizon_errors(errors: dict, target: str, path: Path) -> Path:
     ax.set_xlabel("steps ahead")
     ax.set_ylabel(f"{target} error")
     ax.set_title("test error by forecast horizon")
+    return _finish(fig, ax, path)
+
+
+def _finish(fig, ax, path: Path, legend_loc: str = "best") -> Path:
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

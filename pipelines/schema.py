@@ -83,7 +83,8 @@ class ForecasterConfig:
     num_layers: int = 2
     dropout: float = 0.1
     head_hidden: List[int] = field(default_factory=list)   # MLP between the last state and the horizon outputs
-    residual: bool = True             # predict the change from the last observed target value
+    residual: bool = True             # learn a correction to a naive forecast (last value, or seasonal naive)
+    season: int = 0                   # with residual: steps per season for a seasonal-naive skip (24: hourly data, daily cycle)
     init: str = "default"
 
 
@@ -104,6 +105,8 @@ class TransformerConfig:
     embedding_path: Optional[str] = None   # text only, as for rnn_classifier
     freeze_embedding: bool = False
     residual: bool = True             # forecasting only, as for forecaster
+    season: int = 0                   # forecasting only, as for forecaster
+    patch: int = 1                    # forecasting only: steps per token (PatchTST-style patches)
     init: str = "default"
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -130,7 +131,10 @@ def log_model(net, prep: dict, raw_example,
     if x.shape[0] < 2:  # torch.export specialises size-1 dimensions
         x = torch.cat([x, x])
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
+    with warnings.catch_warnings():
+        # nn.LSTM/GRU re-list their weights in _flat_weights while tracing; harmless, and not ours to fix
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
     with tempfile.TemporaryDirectory() as tmp:
         net_path, prep_path = Path(tmp) / "net.pt2", Path(tmp) / "prep.json"
         torch.export.save(program, net_path)

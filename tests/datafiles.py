@@ -34,3 +34,21 @@ def write_cifar10(root, per_batch=10, n_test=7, seed=0):
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(np.arange(n) % 10)}
         (root / name).write_bytes(pickle.dumps(batch))
     (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": CIFAR10_NAMES}))
+
+
+def build_dm(config_cls, seed=0, **kw):
+    """A set-up datamodule from one data schema (TabularDataConfig, TextDataConfig, ...) and its keys."""
+    from omegaconf import OmegaConf
+
+    import datamodules
+
+    dm = datamodules.build(OmegaConf.structured(config_cls(**kw)), seed)
+    dm.setup()
+    return dm
+
+
+def write_table(tmp_path, df, name="data.csv"):
+    """Write `df` as CSV (or Parquet for a .parquet name) under tmp_path; returns the path as str."""
+    path = tmp_path / name
+    df.to_parquet(path) if name.endswith(".parquet") else df.to_csv(path, index=False)
+    return str(path)

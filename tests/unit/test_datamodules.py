@@ -15,25 +15,18 @@ from datamodules.base import BatchLoader, shard_indices, split_indices
 from datamodules.image import Augment
 from datamodules.tabular import infer_task
 from pipelines.schema import AugmentConfig, ImageDataConfig, TabularDataConfig
-from tests.datafiles import write_cifar10, write_mnist
+from tests.datafiles import build_dm, write_cifar10, write_mnist, write_table
 
 
 def tabular(seed=0, **kw):
-    dm = datamodules.build(OmegaConf.structured(TabularDataConfig(**kw)), seed)
-    dm.setup()
-    return dm
+    return build_dm(TabularDataConfig, seed, **kw)
 
 
 def image(seed=0, **kw):
-    dm = datamodules.build(OmegaConf.structured(ImageDataConfig(**kw)), seed)
-    dm.setup()
-    return dm
+    return build_dm(ImageDataConfig, seed, **kw)
 
 
-def write_csv(tmp_path, df, name="data.csv"):
-    path = tmp_path / name
-    df.to_csv(path, index=False)
-    return str(path)
+write_csv = write_table
 
 
 def people(n=120, seed=0):

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import pytest
@@ -15,6 +14,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 import models
+from datamodules.base import DataSpec
 from models.embeddings import load_pretrained
 from models.forecaster import Forecaster, ForecasterModule
 from models.rnn_classifier import RNNClassifier, RNNClassifierModule
@@ -28,22 +28,10 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 VOCAB = ["<pad>", "<unk>"] + [f"w{i}" for i in range(28)]
 
 
-@dataclass
-class Spec:
-    """Stand-in for datamodules.base.DataSpec."""
-    task: str = "classification"
-    num_classes: int = 2
-    input_shape: tuple = (10,)
-    class_names: list = field(default_factory=list)
-    class_weights: Optional[list] = None
-    feature_names: list = field(default_factory=list)
-    target_name: str = "y"
-    target_scale: Optional[list] = None
-    vocab_size: int = len(VOCAB)
-    pad_index: int = 0
-    vocab: Optional[list] = None
-    lookback: int = 0
-    horizon: int = 0
+def Spec(**kw) -> DataSpec:
+    """The real DataSpec, defaulting to 2-class token ids of length 10 over VOCAB's size."""
+    return DataSpec(**{"task": "classification", "num_classes": 2, "input_shape": (10,), "target_name": "y",
+                       "vocab_size": len(VOCAB), **kw})
 
 
 TEXT = Spec()

@@ -6,27 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import datamodules
 from datamodules import DataError, base, preprocess
 from datamodules.base import split_indices
 from datamodules.text import TextLoader
 from pipelines.schema import TextDataConfig
+from tests.datafiles import build_dm, write_table
 
 torch.set_num_threads(1)
 
 
 def text_dm(seed=0, **kw):
-    dm = datamodules.build(OmegaConf.structured(TextDataConfig(**kw)), seed)
-    dm.setup()
-    return dm
+    return build_dm(TextDataConfig, seed, **kw)
 
 
 def write(tmp_path, df, name="texts.csv"):
-    path = tmp_path / name
-    df.to_parquet(path) if name.endswith(".parquet") else df.to_csv(path, index=False)
-    return str(path)
+    return write_table(tmp_path, df, name)
 
 
 def reviews(n=200, seed=0):

@@ -15,20 +15,16 @@ import datamodules
 from datamodules import DataError, preprocess
 from pipelines.config import compose
 from pipelines.schema import TimeSeriesDataConfig
+from tests.datafiles import build_dm, write_table
 
 HOUR = pd.Timedelta(hours=1)
 
 
 def series(seed=0, path=None, **kw):
-    dm = datamodules.build(OmegaConf.structured(TimeSeriesDataConfig(**{"source": "csv", "path": path, **kw})), seed)
-    dm.setup()
-    return dm
+    return build_dm(TimeSeriesDataConfig, seed, **{"source": "csv", "path": path, **kw})
 
 
-def write_csv(tmp_path, df, name="data.csv"):
-    path = tmp_path / name
-    df.to_csv(path, index=False)
-    return str(path)
+write_csv = write_table
 
 
 def hourly(n=200, start="2021-01-01", seed=0, level=20.0):
