@@ -142,12 +142,16 @@ def log_model(net, prep: dict, raw_example,
         from pipelines import pyfunc_model
 
         output = pyfunc_model.DlpModel().bind(program.module(), prep).predict(None, raw_example)
+        with warnings.catch_warnings():
+            # integer *outputs* (a forecast's step column) are fine; integer inputs were made doubles upstream
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+            signature = infer_signature(raw_example, output)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_model.__file__,
             artifacts={"net": str(net_path), "prep": str(prep_path)},
             code_paths=[preprocess.__file__],
-            signature=infer_signature(raw_example, output),
+            signature=signature,
             input_example=raw_example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "mlflow"],
             registered_model_name=registered_model_name,
