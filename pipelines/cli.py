@@ -5,6 +5,8 @@
     dlp config groups                          list config groups and their options
     dlp predict MODEL_URI INPUT -o OUT         batch predictions from a logged model
     dlp ui [--port N]                          MLflow UI on 127.0.0.1 over the same store
+    dlp submit [--address A] [--wait] -- CMD   run `dlp CMD` on a Ray cluster (Ray Jobs API)
+    dlp jobs | dlp logs ID [--follow] | dlp stop ID    the cluster's jobs
 
 Overrides use Hydra's syntax: key=value, group=option, +new_key=value.
 User errors print one line and exit 2; Ctrl-C exits 130.
@@ -53,9 +55,11 @@ def cmd_config(args) -> int:
     from pipelines.config import CONF_DIR, compose, to_yaml
 
     if args.action == "groups":
-        for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "cluster"):
             options = sorted(f.stem for f in group.glob("*.yaml"))
             print(f"{group.name + ':':<12} {', '.join(options)}")
+        print("(conf/cluster/ holds a Ray cluster-launcher YAML and a KubeRay RayJob manifest for `dlp submit`, "
+              "not config options)")
         return 0
     print(to_yaml(compose(args.overrides)), end="")
     return 0
@@ -106,6 +110,79 @@ def cmd_ui(args) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_submit(args) -> int:
+    from pipelines import jobs
+
+    command = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    if not command:
+        raise UserError("submit: nothing to run; put a dlp command after `--`, e.g. "
+                        "dlp submit -- train experiment=digits_cnn trainer.num_workers=2")
+    runnable = sorted(set(_subcommands()) - NOT_SUBMITTABLE)
+    if command[0] not in runnable:
+        raise UserError(f"submit: '{command[0]}' is not a dlp command a job can run; one of {', '.join(runnable)}")
+    if command[0] == "train":
+        jobs.prepare_train(command[1:])  # config errors here, before any upload
+    address = jobs.resolve_address(args.address)
+    job_id = jobs.submit(command, address, env=args.env)
+    print(f"submitted {job_id} to {address}: dlp {' '.join(command)}")
+    if not args.wait:
+        print(jobs.follow_hint(job_id, address))
+        return 0
+    return _follow(jobs, job_id, address)
+
+
+def _follow(jobs, job_id: str, address: str) -> int:
+    try:
+        status = jobs.logs(job_id, address, follow=True)
+    except KeyboardInterrupt:
+        print(f"dlp: stopped following; {job_id} keeps running (dlp stop {job_id})", file=sys.stderr)
+        return 130
+    if status != "SUCCEEDED":
+        why = jobs.failure(job_id, address)
+        print(f"dlp: job {job_id} {status}" + (f": {why}" if why else ""), file=sys.stderr)
+        return 1
+    print(f"job {job_id} SUCCEEDED")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from pipelines import jobs
+
+    print(jobs.format_jobs(jobs.list_jobs(jobs.resolve_address(args.address))))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from pipelines import jobs
+
+    address = jobs.resolve_address(args.address)
+    if args.follow:
+        return _follow(jobs, args.job_id, address)
+    jobs.logs(args.job_id, address)
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from pipelines import jobs
+
+    stopped = jobs.stop(args.job_id, jobs.resolve_address(args.address))
+    print(f"stopping {args.job_id}" if stopped else f"{args.job_id} had already ended")
+    return 0
+
+
+NOT_SUBMITTABLE = {"submit", "jobs", "logs", "stop", "ui"}  # client-side or interactive
+
+
+def _subcommands():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def _add_address(p) -> None:
+    p.add_argument("--address", help="the cluster's dashboard, http://HOST:8265 "
+                                     "(default: $RAY_ADDRESS, else http://127.0.0.1:8265 of `ray start --head`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlp", description="dlpipe: train, track and serve deep-learning models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("submit", help="run a dlp command as a Ray job: dlp submit [options] -- train ...",
+                       description="Submit `dlp CMD` to a Ray cluster through the Ray Jobs API, e.g. "
+                                   "dlp submit -- train experiment=digits_cnn trainer.num_workers=2. The job runs in "
+                                   "a copy of this repository (its runtime env's working_dir, without .venv, .git, "
+                                   "stores, outputs and what .gitignore lists), so relative paths in CMD resolve "
+                                   "there; the MLflow store ($MLFLOW_TRACKING_URI, a local path made absolute) goes "
+                                   "with it. A token in $RAY_AUTH_TOKEN or ~/.ray/auth_token is sent when present.")
+    _add_address(p)
+    p.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeds")
+    p.add_argument("--env", choices=["local", "pip"], default="local",
+                   help="local (default): the cluster's own Python env, the first `python` on the PATH of "
+                        "`ray start` (activate the .venv of scripts/setup.sh before it), which needs no download; "
+                        "pip: install pyproject's dependencies into a job env first (a bare cluster with internet; "
+                        "minutes and several GB with torch)")
+    p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- CMD", help="the dlp command to run")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list the Ray cluster's submitted jobs")
+    _add_address(p)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("logs", help="print a job's logs")
+    p.add_argument("job_id")
+    p.add_argument("-f", "--follow", action="store_true", help="stream them until the job ends")
+    _add_address(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a running job")
+    p.add_argument("job_id")
+    _add_address(p)
+    p.set_defaults(func=cmd_stop)
     return parser
 
 

@@ -137,8 +137,11 @@ def _check_values(cfg: DictConfig) -> None:
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config: {key}={OmegaConf.select(cfg, key)}: {why}")
-    if cfg.resume is not None and cfg.resume != "last" and not str(cfg.resume).endswith(".ckpt"):
-        raise ConfigError(f"config: resume={cfg.resume}: expected a path to a .ckpt file or 'last'")
+    if cfg.resume is not None and cfg.resume not in ("last", "auto") and not str(cfg.resume).endswith(".ckpt"):
+        raise ConfigError(f"config: resume={cfg.resume}: expected a path to a .ckpt file, 'last' or 'auto'")
+    if cfg.resume == "auto" and cfg.trainer.num_workers < 1:
+        raise ConfigError("config: resume=auto continues a distributed run from Ray's checkpoints; "
+                          "set trainer.num_workers >= 1, or use resume=last")
 
 
 def _schema_keys(full_key: str, schema: Optional[DictConfig] = None) -> List[str]:

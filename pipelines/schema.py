@@ -292,7 +292,7 @@ class RootConfig:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     name: str = "run"                 # preset name (experiment/*.yaml sets it); default MLflow experiment
     seed: int = 42
-    resume: Optional[str] = None      # path to a .ckpt, or "last"
+    resume: Optional[str] = None      # path to a .ckpt, "last", or "auto" (num_workers >= 1: the unfinished run, if any)
     output_dir: str = "outputs"       # checkpoints live under <output_dir>/checkpoints/<run_id>/
     tags: Dict[str, str] = field(default_factory=dict)   # extra MLflow run tags: +tags.team=vision
 

@@ -1,9 +1,9 @@
 """`dlp train`: one tracked training run.
 
 The driver (`train`) checks data and resume target before any MLflow run exists, opens the run,
-calls `fit` (in this process; a later issue runs the same `fit` in Ray Train workers), then
-logs test metrics, plots and the model from the best checkpoint and closes the run with
-FINISHED, FAILED or KILLED — never leaving it RUNNING.
+calls `fit` (in this process, or with trainer.num_workers >= 1 in Ray Train workers through
+`pipelines.distributed`), then logs test metrics, plots and the model from the best checkpoint
+and closes the run with FINISHED, FAILED or KILLED — never leaving it RUNNING.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,9 +45,11 @@ def checkpoint_dir(cfg: DictConfig, run_id: str) -> Path:
 
 
 def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Optional[str] = None,
-        strategy="auto", plugins=None, extra_callbacks: Sequence = (), uri: Optional[str] = None) -> FitResult:
+        strategy="auto", plugins=None, extra_callbacks: Sequence = (), uri: Optional[str] = None,
+        prepare: Optional[Callable] = None) -> FitResult:
     """Train and test one model. Runs the same on the driver or inside a distributed worker:
-    no process-group setup of its own, and only rank 0 talks to MLflow (through `run_id`)."""
+    no process-group setup of its own, and only rank 0 talks to MLflow (through `run_id`).
+    `prepare(trainer)` (e.g. Ray's prepare_trainer) may check or adapt the Lightning Trainer before fitting."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -83,6 +85,8 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
         gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic="warn" if t.deterministic else False, enable_progress_bar=show_bar,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, **limits)
+    if prepare is not None:
+        trainer = prepare(trainer)
 
     start = time.perf_counter()
     try:
@@ -116,7 +120,7 @@ def _metric(key, value, step=0):
 
 def resolve_resume(cfg: DictConfig) -> Optional[Path]:
     """The checkpoint `resume=` asks for; a missing one is an error, never a silent fresh start."""
-    if cfg.resume is None:
+    if cfg.resume is None or cfg.resume == "auto":  # auto: pipelines.distributed.unfinished_run
         return None
     if cfg.resume == "last":
         root = Path(cfg.output_dir) / "checkpoints"
@@ -159,14 +163,24 @@ def train(cfg: DictConfig) -> TrainResult:
 
     experiment = mlflow.set_experiment(cfg.mlflow.experiment_name or cfg.name)
     resume_run = _existing_run(resume_from.parent.name) if resume_from is not None else None
+    if cfg.resume == "auto":
+        from pipelines import distributed
+
+        resume_run = distributed.unfinished_run(cfg, experiment.experiment_id)
     run = mlflow.start_run(run_id=resume_run, run_name=None if resume_run else (cfg.mlflow.run_name or None))
     run_id = run.info.run_id
     try:
         if resume_run is None:
             _log_run_inputs(cfg, dm, resume_from)
         else:
-            mlflow.set_tag("dlp.resumed_from", str(resume_from))
-        result = fit(cfg, run_id, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None, uri=uri)
+            mlflow.set_tag("dlp.resumed_from", str(resume_from or "ray checkpoint (resume=auto)"))
+        ckpt_path = str(resume_from) if resume_from else None
+        if cfg.trainer.num_workers >= 1:
+            from pipelines import distributed
+
+            result = distributed.run(cfg, run_id, uri, ckpt_path=ckpt_path)
+        else:
+            result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
         out = TrainResult(run_id, experiment.experiment_id, result)
         _log_outputs(cfg, dm, result, out)
     except KeyboardInterrupt:

@@ -1,0 +1,144 @@
+"""`dlp train trainer.num_workers=2` on a real local Ray cluster: same quality as one process,
+each epoch in MLflow once, a killed worker resumed from its checkpoint, and a clean failure."""
+import contextlib
+import io
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import assert_one_line_error, dlp_in_process, runs_with_status
+
+pytestmark = pytest.mark.distributed
+RAY_PREFIX = re.compile(r"^(\x1b\[\d+m)?\((\w+ pid=\d+|raylet)")  # a line Ray streamed from one of its processes
+
+# Full digits, one thread per worker (2 workers fill the machine's 2 cores); no augmentation, dropout or
+# warm-up, so 5 epochs reach ~98% and the runs compared differ by their distribution, not by their noise.
+JOB = ["experiment=digits_cnn", "trainer.max_epochs=5", "trainer.threads=1", "trainer.progress_bar=true",
+       "data.augment.enabled=false", "model.dropout=0.0", "sched.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_cluster, tmp_path_factory):
+    """One uninterrupted 2-worker run, shared: (its store URI, the run, the console output)."""
+    from pipelines.cli import main
+
+    tmp = tmp_path_factory.mktemp("two_workers")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        with contextlib.redirect_stdout(out):
+            code = main(["train", *JOB, "trainer.num_workers=2"])
+            time.sleep(0.5)  # worker lines reach the driver through Ray's log monitor, a beat behind
+    assert code == 0, out.getvalue()
+    (run,) = runs_with_status(uri, "FINISHED")
+    return uri, run, out.getvalue()
+
+
+def _steps(uri, run_id, key="train/loss"):
+    from mlflow import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def _leftover_placement_groups(ray):
+    return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
+def test_two_workers_match_one_process_and_log_each_epoch_once(two_workers, tmp_path):
+    from pipelines.config import compose
+    from pipelines.train import fit
+
+    uri, run, console = two_workers
+    assert _steps(uri, run.info.run_id) == [0, 1, 2, 3, 4]
+    assert _steps(uri, run.info.run_id, "val/acc") == [0, 1, 2, 3, 4]
+    assert run.data.tags["dlp.world_size"] == "2"
+    assert run.data.tags.get("dlp.model_uri", "").startswith("models:/")
+    epoch_lines = [line for line in console.splitlines() if "epoch 3/5" in line]
+    assert len(epoch_lines) == 1, console  # rank 0 only, no progress bars
+    one = fit(compose([*JOB, f"output_dir={tmp_path}"]), run_id=None)  # the same global batch and seed, 1 process
+    assert abs(run.data.metrics["test/acc"] - one.test_metrics["test/acc"]) <= 0.01, \
+        (run.data.metrics["test/acc"], one.test_metrics["test/acc"])
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(two_workers, ray_cluster, store, monkeypatch, capsys):
+    monkeypatch.setenv("DLP_FAULT", "rank=1,epoch=2")  # rank 1 exits hard in epoch 3 of 5, first attempt only
+    proc = dlp_in_process(capsys, "train", *JOB, "trainer.num_workers=2", "trainer.max_failures=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "DLP_FAULT: rank 1 exits during epoch 3" in proc.stdout + proc.stderr
+    resumed = [line for line in (proc.stdout + proc.stderr).splitlines() if "resuming from checkpoint" in line]
+    assert len(resumed) == 1 and "model.ckpt (epoch 2 of 5 done)" in resumed[0], resumed
+    (run,) = runs_with_status(store, "FINISHED")
+    assert _steps(store, run.info.run_id) == [0, 1, 2, 3, 4]
+    assert _steps(store, run.info.run_id, "val/acc") == [0, 1, 2, 3, 4]
+    baseline = two_workers[1].data.metrics["test/acc"]
+    assert abs(run.data.metrics["test/acc"] - baseline) <= 0.01, (run.data.metrics["test/acc"], baseline)
+    assert not _leftover_placement_groups(ray_cluster)
+
+
+def test_a_worker_failure_without_retries_fails_the_run_cleanly(ray_cluster, store, monkeypatch, capsys):
+    monkeypatch.setenv("DLP_FAULT", "rank=1,epoch=1")
+    proc = dlp_in_process(capsys, "train", "experiment=digits_cnn", "trainer.max_epochs=3", "trainer.threads=1",
+                          "data.limit=300", "trainer.num_workers=2", "trainer.max_failures=0")
+    # the workers' own tracebacks reach the console through Ray's log streaming; dlp adds one line, no traceback
+    own = "\n".join(line for line in proc.stderr.splitlines() if not RAY_PREFIX.search(line))
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, own),
+                          "distributed training failed", "worker rank 1 died")
+    assert proc.returncode == 1
+    assert len(runs_with_status(store, "FAILED")) == 1
+    assert not runs_with_status(store, "RUNNING")
+    assert not _leftover_placement_groups(ray_cluster)
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")])
+    assert not [a for a in alive if a.class_name in ("RayTrainWorker", "TrainController")], alive
+
+
+@pytest.mark.slow
+def test_resume_auto_continues_the_run_after_the_driver_died(ray_cluster, store, tmp_path):
+    """Kill `dlp train` (the driver) mid-run; the same command with resume=auto finishes the same MLflow run."""
+    import os
+    import signal
+    import sys
+
+    from mlflow import MlflowClient
+
+    job = ["train", *JOB, "trainer.max_epochs=12", "trainer.num_workers=2", "mlflow.log_model=false"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *job], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(store)
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        runs = runs_with_status(store, "RUNNING")
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 2:
+            break
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    (run,) = runs_with_status(store, "RUNNING")  # a dead driver leaves its run RUNNING
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *job, "resume=auto"], cwd=tmp_path, env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from checkpoint" in proc.stdout + proc.stderr
+    (finished,) = runs_with_status(store, "FINISHED")
+    assert finished.info.run_id == run.info.run_id
+    assert _steps(store, run.info.run_id) == list(range(12))
+    assert not _leftover_placement_groups(ray_cluster)

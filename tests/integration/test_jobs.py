@@ -1,0 +1,274 @@
+"""`dlp submit / jobs / logs / stop` against a real two-node Ray cluster started with `ray start`.
+
+The cluster runs with token auth on (its own token, not ~/.ray/auth_token), on free ports and a
+private --temp-dir, and is stopped by the PIDs under that temp dir: `ray stop` would also stop
+any other Ray cluster on the machine (another test process's, a user's).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines import jobs
+from tests.conftest import REPO, SMOKE, assert_one_line_error, dlp_in_process
+
+
+@dataclass
+class Cluster:
+    address: str
+    token: str
+
+
+def _free_ports(n: int) -> list:
+    # Bound together so they differ; the OS hands out ephemeral ports, outside Ray's worker range.
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _processes_under(temp_dir: Path) -> list:
+    """PIDs whose command line names temp_dir (gcs, raylets, dashboard ...) and all their descendants."""
+    parent, roots = {}, []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        pid = int(proc.name)
+        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if str(temp_dir) in cmdline and pid != os.getpid():
+            roots.append(pid)
+    found, frontier = set(roots), list(roots)
+    while frontier:  # Ray workers rename themselves (ray::IDLE), so follow the process tree
+        pid = frontier.pop()
+        children = [c for c, p in parent.items() if p == pid and c not in found]
+        found.update(children)
+        frontier.extend(children)
+    return sorted(found)
+
+
+def _stop(temp_dir: Path, grace: float = 3.0) -> None:
+    pids = _processes_under(temp_dir)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (pids := [p for p in pids if Path(f"/proc/{p}").exists()
+                                                         and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]):
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def start_cluster(temp_dir: Path) -> Cluster:
+    """A head node and one worker node, 1 CPU each, dashboard on 127.0.0.1, token auth on."""
+    gcs, dash, client_server, agent_head, agent_worker = _free_ports(5)
+    token = secrets.token_hex(16)
+    venv_bin = str(Path(sys.executable).parent)
+    # The job's `python` is the first on the cluster's PATH, as with an activated venv before `ray start`.
+    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(var, None)
+    ray = [str(Path(venv_bin) / "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    # One temp dir per node: two nodes sharing one would share runtime_resources/, and the worker node's
+    # runtime-env agent deletes the job's unpacked working_dir, the driver's working directory, under it.
+    for extra in (["--head", f"--temp-dir={temp_dir / 'h'}", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dash}", f"--ray-client-server-port={client_server}",
+                   f"--dashboard-agent-listen-port={agent_head}"],
+                  [f"--address=127.0.0.1:{gcs}", f"--temp-dir={temp_dir / 'w'}",
+                   f"--dashboard-agent-listen-port={agent_worker}"]):
+        proc = subprocess.run(ray + extra, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return Cluster(f"http://127.0.0.1:{dash}", token)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    temp_dir = Path(tempfile.mkdtemp(prefix="dlpj", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+    try:
+        yield start_cluster(temp_dir)
+    finally:
+        _stop(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def client_env(cluster, monkeypatch):
+    """This process as a client of `cluster`: its token in the environment, no other address."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    return cluster
+
+
+@pytest.mark.distributed
+def test_submit_wait_round_trip_then_jobs_and_logs(client_env, capsys):
+    addr = client_env.address
+    proc = dlp_in_process(capsys, "submit", "--address", addr, "--wait", "--", "config", "show", "experiment=digits_cnn")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("submitted dlp-config-"), proc.stdout
+    job_id = first.split()[1]
+    assert "name: digits_cnn" in proc.stdout and f"job {job_id} SUCCEEDED" in proc.stdout
+
+    proc = dlp_in_process(capsys, "jobs", "--address", addr)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(job_id))
+    assert "SUCCEEDED" in row and "dlp config show experiment=digits_cnn" in row
+
+    proc = dlp_in_process(capsys, "logs", job_id, "--address", addr)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: digits_cnn" in proc.stdout and "metric: val/acc" in proc.stdout
+
+    proc = dlp_in_process(capsys, "stop", job_id, "--address", addr)
+    assert proc.returncode == 0 and "already ended" in proc.stdout
+
+
+@pytest.mark.distributed
+def test_submit_returns_at_once_and_a_failed_job_exits_1(client_env, capsys, monkeypatch):
+    addr = client_env.address
+    monkeypatch.setenv("RAY_ADDRESS", addr)  # the address from the environment, as a user would set it
+    proc = dlp_in_process(capsys, "submit", "--", "config", "show", "no_such.key=1")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split()[1]
+    assert f"dlp logs {job_id} --follow" in proc.stdout and "--address" not in proc.stdout
+    proc = dlp_in_process(capsys, "logs", job_id, "--follow")
+    assert proc.returncode == 1
+    assert "unknown key 'no_such'" in proc.stdout
+    assert f"dlp: job {job_id} FAILED" in proc.stderr and "exit code 2" in proc.stderr
+
+
+@pytest.mark.distributed
+def test_user_errors_are_one_line(client_env, capsys, monkeypatch):
+    addr = client_env.address
+    proc = dlp_in_process(capsys, "submit", "--address", "http://127.0.0.1:9", "--", "config", "show")
+    assert_one_line_error(proc, "no Ray cluster reachable at http://127.0.0.1:9", "ray start --head")
+    proc = dlp_in_process(capsys, "submit", "--address", addr, "--")
+    assert_one_line_error(proc, "nothing to run", "--")
+    proc = dlp_in_process(capsys, "submit", "--address", addr, "--", "ui")
+    assert_one_line_error(proc, "'ui'")
+    proc = dlp_in_process(capsys, "submit", "--address", addr, "--", "train", "model=nope")
+    assert_one_line_error(proc, "nope")  # checked here, before any upload
+    for command in ("logs", "stop"):
+        proc = dlp_in_process(capsys, command, "dlp-nope", "--address", addr)
+        assert_one_line_error(proc, "no job 'dlp-nope'", "dlp jobs")
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(Path(tempfile.gettempdir()) / "dlp-no-token-here"))
+    proc = dlp_in_process(capsys, "jobs", "--address", addr)
+    assert_one_line_error(proc, "requires an auth token", "RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    proc = dlp_in_process(capsys, "jobs", "--address", addr)
+    assert_one_line_error(proc, "rejected the auth token")
+
+
+@pytest.mark.distributed
+def test_train_job_logs_to_the_callers_store(client_env, store, tmp_path, capsys, monkeypatch):
+    """A relative sqlite URI reaches the job as an absolute path: the run lands in the caller's store."""
+    from tests.conftest import runs_with_status
+
+    relative = "sqlite:///mlflow.db"  # `store` made tmp_path the working directory
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", relative)
+    proc = dlp_in_process(capsys, "submit", "--address", client_env.address, "--wait", "--",
+                          "train", "experiment=digits_cnn", *SMOKE)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finished = runs_with_status(store, "FINISHED")
+    assert len(finished) == 1 and finished[0].info.run_id in proc.stdout
+    # The experiment was created here, so its artifacts are too, not in the job's temporary working_dir.
+    assert Path(finished[0].info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path)
+
+
+def test_runtime_env_ships_the_repo_and_an_absolute_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/m.db")
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    env = jobs.runtime_env()
+    assert env["working_dir"] == str(REPO) and {".venv", ".git", "mlruns", "outputs", "*.ckpt"} <= set(env["excludes"])
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/runs/m.db",
+                               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    assert "pip" not in env
+    assert any(dep.startswith("ray[") for dep in jobs.runtime_env("pip")["pip"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert jobs.absolute_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"  # dlp's default store, made absolute
+    for uri in ("http://mlflow:5000", "sqlite:////abs/m.db", "databricks"):
+        assert jobs.absolute_tracking_uri(uri) == uri
+    assert jobs.absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert jobs.entrypoint(["train", "tags.note=a b"]) == "python -m pipelines.cli train 'tags.note=a b'"
+
+
+def test_auth_token_from_env_then_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
+    assert jobs.auth_headers() == {"Authorization": "Bearer abc"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    (tmp_path / "token").write_text("fromfile\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert jobs.auth_headers() == {"Authorization": "Bearer fromfile"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "absent"))
+    assert jobs.auth_headers() == {}
+
+
+def test_address_flag_beats_environment(monkeypatch):
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
+    assert jobs.resolve_address() == "http://head:8265"
+    assert jobs.resolve_address("http://other:8265") == "http://other:8265"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert jobs.resolve_address() == jobs.DEFAULT_ADDRESS
+
+
+def test_cluster_starting_points_parse():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    launcher = yaml.safe_load((REPO / "conf/cluster/ray-cluster.yaml").read_text())
+    validate_config(prepare_config(launcher))  # Ray's own schema for `ray up`
+    assert set(launcher["available_node_types"]) >= {"head", "cpu_worker"}
+    assert any("scripts/setup.sh" in c for c in launcher["setup_commands"])
+    assert any("--dashboard-host=127.0.0.1" in c for c in launcher["head_start_ray_commands"])
+    rayjob = yaml.safe_load((REPO / "conf/cluster/rayjob.yaml").read_text())
+    assert rayjob["kind"] == "RayJob"
+    assert rayjob["spec"]["entrypoint"] == "python -m pipelines.cli train experiment=digits_cnn trainer.num_workers=2"
+    spec = rayjob["spec"]["rayClusterSpec"]
+    assert spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"][0]["name"] == "MLFLOW_TRACKING_URI"
+    assert spec["workerGroupSpecs"][0]["replicas"] == 2
+    yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_distributed_train_job_spans_both_nodes(client_env, store, tmp_path, capsys):
+    """`dlp submit -- train trainer.num_workers=2`: one worker per 1-CPU node, the run in the caller's store."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import runs_with_status
+
+    proc = dlp_in_process(capsys, "submit", "--address", client_env.address, "--wait", "--",
+                          "train", "experiment=digits_cnn", "trainer.num_workers=2", "trainer.max_epochs=1",
+                          "trainer.threads=1", "trainer.progress_bar=false", "data.limit=200")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finished = runs_with_status(store, "FINISHED")
+    assert len(finished) == 1 and finished[0].info.run_id in proc.stdout
+    run = MlflowClient(store).get_run(finished[0].info.run_id)
+    assert run.data.tags["dlp.world_size"] == "2" and "test/acc" in run.data.metrics
