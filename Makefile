@@ -23,6 +23,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/scaling.py
 
 ui: $(STAMP)
 	.venv/bin/dlp ui
