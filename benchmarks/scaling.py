@@ -8,8 +8,10 @@
   MLflow run, model logging). Target <= 10 s (raw Ray Train + Lightning measured here: about 20 s).
 - weak scaling: 2 workers x 1 thread against 1 worker x 1 thread on a CNN wide enough to be
   compute-bound, the per-worker batch held fixed (global batch 2B vs B); efficiency is
-  (samples/s with 2 workers) / (2 x samples/s with 1 worker), from the training time of each epoch
-  after the first (`perf/epoch_seconds` in the run). Target >= 0.85.
+  (samples/s with 2 workers) / (2 x samples/s with 1 worker), from the time of each epoch's training
+  batches after the first epoch (`perf/train_seconds` in the run). Target >= 0.85. The same ratio over
+  whole epochs (`perf/epoch_seconds`: validation and the per-epoch checkpoint commit included) is
+  reported beside it.
 - mixed precision on a GPU (32-true vs bf16-mixed samples/s) needs a GPU machine: recorded as
   not measured when none is present.
 Writes benchmarks/results/scaling.json.
@@ -49,10 +51,10 @@ def dlp_train(args: list[str], store: list[str]) -> dict:
     return {"wall_seconds": wall, "fit_seconds": float(match.group(2)), "epochs": int(match.group(1)), "run_id": run_id}
 
 
-def epoch_seconds(uri: str, run_id: str) -> list[float]:
+def epoch_seconds(uri: str, run_id: str, key: str) -> list[float]:
     from mlflow import MlflowClient
 
-    history = sorted(MlflowClient(uri).get_metric_history(run_id, "perf/epoch_seconds"), key=lambda m: m.step)
+    history = sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)
     return [m.value for m in history]
 
 
@@ -77,14 +79,18 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int) -> dict:
         args = [*WIDE, f"trainer.num_workers={workers}", f"data.batch_size={batch * workers}",
                 f"trainer.max_epochs={epochs}"]
         run = dlp_train(args, store)
-        seconds = epoch_seconds(uri, run["run_id"])[1:]  # the first epoch pays warm-up
-        per_epoch = statistics.median(seconds)
-        out[workers] = {"samples_per_second": n_train / per_epoch, "epoch_seconds": seconds, **run, "overrides": args}
-        print(f"[scaling] {workers} worker(s), global batch {batch * workers}: {per_epoch:.2f} s/epoch, "
-              f"{n_train / per_epoch:.0f} samples/s", flush=True)
+        train = epoch_seconds(uri, run["run_id"], "perf/train_seconds")[1:]  # the first epoch pays warm-up
+        whole = epoch_seconds(uri, run["run_id"], "perf/epoch_seconds")[1:]
+        out[workers] = {"samples_per_second": n_train / statistics.median(train),
+                        "samples_per_second_whole_epoch": n_train / statistics.median(whole),
+                        "train_seconds": train, "epoch_seconds": whole, **run, "overrides": args}
+        print(f"[scaling] {workers} worker(s), global batch {batch * workers}: training {statistics.median(train):.2f} "
+              f"s/epoch ({out[workers]['samples_per_second']:.0f} samples/s), whole epoch "
+              f"{statistics.median(whole):.2f} s", flush=True)
     efficiency = out[2]["samples_per_second"] / (2 * out[1]["samples_per_second"])
-    return {"efficiency": efficiency, "target": 0.85, "per_worker_batch": batch, "train_rows": n_train,
-            "one_worker": out[1], "two_workers": out[2]}
+    whole = out[2]["samples_per_second_whole_epoch"] / (2 * out[1]["samples_per_second_whole_epoch"])
+    return {"efficiency": efficiency, "efficiency_whole_epoch": whole, "target": 0.85, "per_worker_batch": batch,
+            "train_rows": n_train, "one_worker": out[1], "two_workers": out[2]}
 
 
 def main(argv=None) -> int:
@@ -106,8 +112,9 @@ def main(argv=None) -> int:
     print(common.table(["measure", "value", "target", "met"], [
         ["launch overhead (1 worker, 1 epoch)", f"{launch['median_overhead_seconds']:.1f} s", "<= 10 s",
          "yes" if launch["median_overhead_seconds"] <= 10 else "NO"],
-        ["weak-scaling efficiency (2 vs 1 worker)", f"{weak['efficiency']:.2f}", ">= 0.85",
-         "yes" if weak["efficiency"] >= 0.85 else "NO"]]))
+        ["weak-scaling efficiency (2 vs 1 worker), training batches", f"{weak['efficiency']:.2f}", ">= 0.85",
+         "yes" if weak["efficiency"] >= 0.85 else "NO"],
+        ["  the same over whole epochs (validation, checkpoint commit)", f"{weak['efficiency_whole_epoch']:.2f}", "", ""]]))
     path = common.save_json("scaling.json", {
         "command": " ".join(["python benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine, "launch": launch, "weak_scaling": weak, "gpu_precision": gpu})

@@ -76,6 +76,7 @@ class MLflowEpochLogger(EpochEnd):
         self.client = None
         self.last_logged = -1
         self._epoch_start = 0.0
+        self._train_seconds: Optional[float] = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.global_rank != 0 or stage != "fit":
@@ -87,7 +88,12 @@ class MLflowEpochLogger(EpochEnd):
         self.last_logged = max((m.step for m in history), default=-1)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start, self._train_seconds = time.perf_counter(), None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Lightning validates from inside the training epoch, after its last batch: the batches alone
+        if self._train_seconds is None and self._epoch_start:
+            self._train_seconds = time.perf_counter() - self._epoch_start
 
     def epoch_end(self, trainer, metrics: Dict[str, float]) -> None:
         epoch = trainer.current_epoch
@@ -95,7 +101,9 @@ class MLflowEpochLogger(EpochEnd):
             return
         from mlflow.entities import Metric
 
-        metrics["perf/epoch_seconds"] = time.perf_counter() - self._epoch_start
+        metrics["perf/epoch_seconds"] = time.perf_counter() - self._epoch_start   # validation, checkpoints included
+        if self._train_seconds is not None:
+            metrics["perf/train_seconds"] = self._train_seconds                  # the training batches only
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
         self.last_logged = epoch
