@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines import tracking
 from pipelines.errors import UserError
 
 log = logging.getLogger("dlp")
@@ -103,14 +104,6 @@ def staging_dir(storage: str, output_dir: str, run_id: str) -> Path:
     return root / run_id
 
 
-def absolute_uri(uri: str) -> str:
-    """sqlite:///x.db is relative to the working directory; workers need the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
-
-
 def connect() -> bool:
     """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine.
 
@@ -179,7 +172,7 @@ def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]
     from ray.train.torch import TorchTrainer
 
     t = cfg.trainer
-    config = {"cfg": worker_config(cfg), "run_id": run_id, "uri": absolute_uri(uri), "ckpt_path": ckpt_path,
+    config = {"cfg": worker_config(cfg), "run_id": run_id, "uri": tracking.absolute_uri(uri), "ckpt_path": ckpt_path,
               "fault": os.environ.get("DLP_FAULT"), "storage": storage_path(cfg)}
     trainer = TorchTrainer(
         _train_worker, train_loop_config=config,

@@ -98,16 +98,9 @@ def runtime_env(env: str = "local") -> Dict:
 
 def absolute_tracking_uri(uri: Optional[str] = None) -> str:
     """The store `dlp` would use here, with a local path made absolute (the job runs elsewhere)."""
-    from pipelines.tracking import DEFAULT_TRACKING_URI
+    from pipelines.tracking import DEFAULT_TRACKING_URI, absolute_uri
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if uri.startswith("file:") and not uri.startswith("file:///"):
-        return Path(uri[len("file:"):]).resolve().as_uri()
-    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        return Path(uri).resolve().as_uri()
-    return uri
+    return absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def project_dependencies() -> List[str]:

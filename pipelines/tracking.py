@@ -26,6 +26,18 @@ def tracking_uri(cfg=None) -> str:
     return uri or DEFAULT_TRACKING_URI
 
 
+def absolute_uri(uri: str) -> str:
+    """`uri` with a local store path made absolute, for processes in another working directory (Ray workers
+    and jobs): sqlite:///x.db is relative to the working directory, sqlite:////x.db is not."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return Path(uri[len("file:"):]).resolve().as_uri()
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
 def configure(cfg=None) -> str:
     import mlflow
 
