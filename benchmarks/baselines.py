@@ -61,7 +61,7 @@ def tfidf_logreg(dm) -> float:
     from sklearn.pipeline import make_pipeline
 
     def texts(split):
-        frame, labels = dm.raw_frame(split)
+        frame, _ = dm.raw_frame(split)
         return frame.iloc[:, 0].fillna("").astype(str).tolist(), dm._tensors[split][1].numpy()
 
     (xt, yt), (xv, yv), (xs, ys) = texts("train"), texts("val"), texts("test")

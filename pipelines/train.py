@@ -250,11 +250,11 @@ def _log_outputs(cfg: DictConfig, dm, result: FitResult, out: TrainResult) -> No
         if curve:
             mlflow.log_artifact(str(curve), "plots")
         if dm.spec.task == "classification":
-            y_true, y_pred = _test_outputs(model, dm)
-            cm = plots.confusion_matrix(y_true, y_pred.argmax(1), dm.spec.class_names, Path(tmp) / "confusion_matrix.png")
+            y_true, logits = _test_outputs(model, dm)
+            cm = plots.confusion_matrix(y_true, logits.argmax(1), dm.spec.class_names, Path(tmp) / "confusion_matrix.png")
             mlflow.log_artifact(str(cm), "plots")
         elif getattr(dm.spec, "horizon", 0):
-            _log_forecast(cfg, dm, model, Path(tmp))
+            _log_forecast(client, out.run_id, dm, model, Path(tmp))
     if result.best_checkpoint:
         mlflow.log_artifact(result.best_checkpoint, "checkpoints")
     if cfg.mlflow.log_model:
@@ -273,7 +273,7 @@ def _test_outputs(model, dm) -> tuple:
     return tuple(torch.cat(part).numpy() for part in zip(*pairs))
 
 
-def _log_forecast(cfg: DictConfig, dm, model, tmp: Path) -> None:
+def _log_forecast(client, run_id: str, dm, model, tmp: Path) -> None:
     """Forecast plot, per-horizon MAE/RMSE (metric `test/mae_by_horizon` with step = steps ahead, plus CSV and PNG)."""
     import mlflow
     import pandas as pd
@@ -284,8 +284,8 @@ def _log_forecast(cfg: DictConfig, dm, model, tmp: Path) -> None:
     mean, std = dm.spec.target_scale or (0.0, 1.0)
     y, pred = y * std + mean, pred * std + mean
     errors = plots.per_horizon_errors(pred, y)
-    for h, (mae, rmse) in enumerate(zip(errors["mae"], errors["rmse"]), start=1):
-        mlflow.log_metrics({"test/mae_by_horizon": mae, "test/rmse_by_horizon": rmse}, step=h)
+    client.log_batch(run_id, metrics=[_metric(f"test/{name}_by_horizon", value, step=h)
+                                      for name in ("mae", "rmse") for h, value in enumerate(errors[name], start=1)])
     table = pd.DataFrame({"steps_ahead": range(1, len(errors["mae"]) + 1), **errors})
     mlflow.log_text(table.to_csv(index=False), "forecast/per_horizon.csv")
     prep = dm.prep
