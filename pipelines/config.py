@@ -144,6 +144,18 @@ def _check_values(cfg: DictConfig) -> None:
                           "set trainer.num_workers >= 1, or use resume=last")
 
 
+def with_absolute_paths(cfg: DictConfig) -> dict:
+    """cfg as plain data with its local paths made absolute, for processes with another working directory
+    (Ray Train workers, Tune trials): output_dir, data.path, model.embedding_path."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["output_dir"] = str(Path(cfg.output_dir).resolve())
+    for section, key in (("data", "path"), ("model", "embedding_path")):
+        value = plain[section].get(key)
+        if value and "://" not in value and Path(value).expanduser().exists():
+            plain[section][key] = str(Path(value).expanduser().resolve())
+    return plain
+
+
 def _schema_keys(full_key: str, schema: Optional[DictConfig] = None) -> List[str]:
     """Keys allowed beside `full_key` (at its parent), for error messages."""
     schema = schema if schema is not None else OmegaConf.structured(RootConfig)

@@ -59,12 +59,9 @@ def storage_path(cfg: DictConfig) -> str:
 
 def worker_config(cfg: DictConfig) -> Dict[str, Any]:
     """cfg as plain data for the workers: paths made absolute (their working directory is not ours), lr scaled once."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["output_dir"] = str(Path(cfg.output_dir).resolve())
-    for section, key in (("data", "path"), ("model", "embedding_path")):
-        value = plain[section].get(key)
-        if value and "://" not in value and Path(value).expanduser().exists():
-            plain[section][key] = str(Path(value).expanduser().resolve())
+    from pipelines.config import with_absolute_paths
+
+    plain = with_absolute_paths(cfg)
     factor = lr_factor(cfg)
     plain["optim"]["lr"] = cfg.optim.lr * factor
     if plain["sched"].get("max_lr") is not None:
@@ -104,15 +101,17 @@ def staging_dir(storage: str, output_dir: str, run_id: str) -> Path:
     return root / run_id
 
 
-def connect() -> bool:
+def connect(log_to_driver: bool = True) -> bool:
     """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine.
 
+    Args:
+        log_to_driver: stream the workers' output to this console (a sweep keeps it in Ray's session logs).
     Returns True when this call started Ray (the caller shuts it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
+    quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
     else:
@@ -121,11 +120,12 @@ def connect() -> bool:
     return True
 
 
-def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None):
+def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, report_to_tune: bool = False):
     """Train `cfg` in cfg.trainer.num_workers Ray Train workers; the driver's MLflow run `run_id` gets the epochs.
 
     Args:
         ckpt_path: a Lightning checkpoint to start from (resume=...), used when Ray has none of its own.
+        report_to_tune: called from a Ray Tune trial (`dlp tune`): every epoch's report also becomes a Tune result.
     Returns:
         pipelines.train.FitResult with a local path to the best checkpoint.
     """
@@ -143,7 +143,7 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None)
                      "dlp.ray_storage": f"{storage_path(cfg)}/{run_id}"})
     started = connect()
     try:
-        result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path)
+        result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path, report_to_tune)
     finally:
         shutil.rmtree(staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id), ignore_errors=True)
         if started:
@@ -158,7 +158,7 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None)
                      fit_seconds=out.get("fit_seconds", wall))
 
 
-def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]):
+def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], report_to_tune: bool = False):
     import signal
 
     from ray.train import (
@@ -180,6 +180,7 @@ def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]
                                      resources_per_worker=dict(t.resources_per_worker) or {"CPU": 1}),
         run_config=RunConfig(
             name=run_id, storage_path=storage_path(cfg),
+            callbacks=[_tune_callback()] if report_to_tune else None,
             failure_config=FailureConfig(max_failures=t.max_failures),
             # Ray always keeps the latest checkpoint as well, which is the one a restart resumes from
             checkpoint_config=CheckpointConfig(num_to_keep=None if t.save_top_k < 0 else max(1, t.save_top_k),
@@ -187,19 +188,31 @@ def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]
                                                checkpoint_score_order=cfg.monitor.mode),
             # Ray's per-report and worker-group INFO lines would bury the one line per epoch; warnings still show
             logging_config=LoggingConfig(log_level="WARNING")))
-    handler = signal.getsignal(signal.SIGINT)  # TorchTrainer.fit installs its own Ctrl-C handler
+    import threading
+
+    # TorchTrainer.fit installs its own Ctrl-C handler (in the main thread only: a Tune trial runs in another)
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
     start = time.perf_counter()
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
         raise TrainingFailed(_failure_message(e, t.max_failures)) from None
     finally:
-        signal.signal(signal.SIGINT, handler)
+        if main_thread:
+            signal.signal(signal.SIGINT, handler)
     if result.error is not None:
         raise TrainingFailed(_failure_message(result.error, t.max_failures))
     if result.return_value is None:  # Ray's Ctrl-C handler aborted the run: no worker finished fit()
         raise KeyboardInterrupt
     return result, time.perf_counter() - start
+
+
+def _tune_callback():
+    """Ray's bridge from a TorchTrainer inside a Tune trial to Tune: rank 0's reports become the trial's results."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return TuneReportCallback()
 
 
 def _failure_message(error: Exception, max_failures: int) -> str:
@@ -264,7 +277,7 @@ def _train_worker(config: Dict[str, Any]):
     rank = ctx.get_world_rank()
     run_id, uri = config["run_id"], config["uri"]
     staging = staging_dir(config["storage"], cfg.output_dir, run_id)
-    callbacks = [RayReport(staging, rank)]
+    callbacks = [RayReport(staging, rank, run_id)]
     if config.get("fault"):
         callbacks.append(FaultHook(config["fault"], staging / "fault-fired"))
 
@@ -347,8 +360,8 @@ class RayReport(Checkpoint):
     the checkpoint a restart would resume from is at least that epoch.
     """
 
-    def __init__(self, staging: Path, rank: int):
-        self.staging, self.rank = staging, rank
+    def __init__(self, staging: Path, rank: int, run_id: str):
+        self.staging, self.rank, self.run_id = staging, rank, run_id
         self._epoch_start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -370,7 +383,7 @@ class RayReport(Checkpoint):
             (directory / EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
         trainer.save_checkpoint(str(directory / CKPT_FILE))  # collective: every rank calls it, rank 0 writes
         checkpoint = Checkpoint.from_directory(str(directory)) if self.rank == 0 else None
-        ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint,
+        ray.train.report({**metrics, "epoch": epoch, "mlflow_run_id": self.run_id}, checkpoint=checkpoint,
                          delete_local_checkpoint_after_upload=self.rank == 0)
         if self.rank == 0:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)

@@ -131,3 +131,55 @@ def _finish(fig, ax, path: Path, legend_loc: str = "best") -> Path:
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
+
+
+def influence(frame, param: str, metric: str) -> float:
+    """How much `param` moves `metric` across trials, in [0, 1]: |Spearman rho| for numbers, the correlation
+    ratio (share of the metric's variance between categories) for anything else."""
+    import pandas as pd
+
+    data = frame[[param, metric]].dropna()
+    if len(data) < 3 or data[param].nunique() < 2:
+        return 0.0
+    if pd.api.types.is_numeric_dtype(data[param]):
+        rho = data[param].rank().corr(data[metric].rank())
+        return 0.0 if np.isnan(rho) else abs(float(rho))
+    groups = data.groupby(data[param].astype(str))[metric]
+    total = ((data[metric] - data[metric].mean()) ** 2).sum()
+    between = (groups.count() * (groups.mean() - data[metric].mean()) ** 2).sum()
+    return float(between / total) if total > 0 else 0.0
+
+
+def sweep(frame, params: list, metric: str, mode: str, path: Path) -> Optional[Path]:
+    """The trials' best `metric` against each hyperparameter, most influential first; the best trial starred."""
+    import pandas as pd
+
+    plt = _pyplot()
+    data = frame[frame[metric].notna()] if metric in frame else frame.iloc[0:0]
+    if data.empty:
+        return None
+    ranked = sorted(params, key=lambda p: influence(data, p, metric), reverse=True)
+    fig, axes = plt.subplots(1, len(ranked), figsize=(4.2 * len(ranked), 3.8), squeeze=False, sharey=True)
+    best = data[metric].idxmax() if mode == "max" else data[metric].idxmin()
+    colors = {"completed": "tab:blue", "stopped": "tab:orange", "errored": "tab:red"}
+    for ax, param in zip(axes[0], ranked):
+        numeric = pd.api.types.is_numeric_dtype(data[param])
+        labels = sorted(data[param].astype(str).unique())
+        x = data[param] if numeric else data[param].astype(str).map(labels.index)
+        for status, part in data.groupby("status"):
+            ax.scatter(x[part.index], part[metric], color=colors.get(status, "gray"), label=status, alpha=0.8)
+        ax.scatter([x[best]], [data.loc[best, metric]], marker="*", s=220, color="gold", edgecolor="black",
+                   label="best", zorder=3)
+        if numeric and (data[param] > 0).all() and data[param].max() / data[param].min() >= 20:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        ax.set_xlabel(f"{param}  (influence {influence(data, param, metric):.2f})")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"best {metric}")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"sweep: best {metric} per trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -147,8 +147,14 @@ def _check_checkpoint_matches(path: Path, cfg: DictConfig) -> None:
         raise UserError(f"resume: checkpoint '{path}' was trained with different model settings ({', '.join(diff)})")
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    """Run `dlp train`: returns the run id, test metrics and the logged model's URI."""
+def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_run: Optional[str] = None,
+          report_to_tune: bool = False) -> TrainResult:
+    """Run `dlp train`: returns the run id, test metrics and the logged model's URI.
+
+    `dlp tune` trials call it too: `run_tags` nest the run under the sweep (mlflow.parentRunId), `continue_run`
+    picks up a trial's earlier run (and, through Ray's storage named by it, its checkpoints), and
+    `report_to_tune` turns every epoch into a Tune result.
+    """
     import mlflow
 
     import datamodules
@@ -167,18 +173,20 @@ def train(cfg: DictConfig) -> TrainResult:
         from pipelines import distributed
 
         resume_run = distributed.unfinished_run(cfg, experiment.experiment_id)
+    resume_run = continue_run or resume_run
     run = mlflow.start_run(run_id=resume_run, run_name=None if resume_run else (cfg.mlflow.run_name or None))
     run_id = run.info.run_id
     try:
         if resume_run is None:
             _log_run_inputs(cfg, dm, resume_from)
+            mlflow.set_tags(run_tags or {})
         else:
             mlflow.set_tag("dlp.resumed_from", str(resume_from or "ray checkpoint (resume=auto)"))
         ckpt_path = str(resume_from) if resume_from else None
         if cfg.trainer.num_workers >= 1:
             from pipelines import distributed
 
-            result = distributed.run(cfg, run_id, uri, ckpt_path=ckpt_path)
+            result = distributed.run(cfg, run_id, uri, ckpt_path=ckpt_path, report_to_tune=report_to_tune)
         else:
             result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
         out = TrainResult(run_id, experiment.experiment_id, result)

@@ -60,3 +60,15 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs, dashboard on 127.0.0.1) shared by a test module; `dlp` joins it."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()

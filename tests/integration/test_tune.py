@@ -1,0 +1,111 @@
+"""`dlp tune` on a real local Ray cluster and a real MLflow store: a 4-trial Optuna TPE + ASHA sweep of
+the digits CNN, 2 trials at a time on 2 CPUs, each trial a Ray Train run."""
+import time
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import runs_with_status
+
+pytestmark = pytest.mark.distributed
+
+# short epochs: the sweep's cost is Ray Train's start per trial, not the training
+SWEEP = ["tune", "experiment=digits_cnn", "tune=digits_asha", "trainer.limit_train_batches=6"]
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory):
+    """The sweep, run once through the CLI entry point: (store URI, parent run, console output)."""
+    import contextlib
+    import io
+
+    import mlflow
+
+    from pipelines.cli import main
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            code = main(SWEEP)
+        print(f"sweep took {time.perf_counter() - start:.0f}s")
+    assert code == 0, out.getvalue()
+    parents = [r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags]
+    assert len(parents) == 1
+    return uri, parents[0], out.getvalue()
+
+
+def _children(uri, parent):
+    client = MlflowClient(uri)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
+    uri, parent, console = sweep
+    children = _children(uri, parent)
+    assert len(children) == 4
+    client = MlflowClient(uri)
+    statuses = []
+    for child in children:
+        status, tag = child.info.status, child.data.tags["dlp.trial_status"]
+        statuses.append(status)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")]
+        assert steps == sorted(set(steps)) and steps, (tag, steps)     # every epoch once, none missing
+        if status == "FINISHED":
+            assert tag == "completed (4 epochs)" and steps == [0, 1, 2, 3]
+            assert "test/acc" in child.data.metrics
+        else:
+            assert status == "KILLED" and tag == f"stopped by asha after epoch {len(steps)}" and len(steps) < 4
+        assert child.data.params["trainer.num_workers"] == "1"         # each trial is a Ray Train run
+        assert child.data.tags["dlp.world_size"] == "1"
+    assert "KILLED" in statuses, "ASHA stopped no trial"
+    assert "FINISHED" in statuses
+    assert "RUNNING" not in statuses
+    assert "trial" in console and "stopped" in console and "best:" in console
+
+
+def test_the_sweep_run_records_space_budget_and_best(sweep):
+    uri, parent, _ = sweep
+    client = MlflowClient(uri)
+    p = parent.data.params
+    assert (p["tune.search"], p["tune.scheduler"], p["tune.num_samples"], p["tune.max_concurrent_trials"]) == \
+        ("optuna", "asha", "4", "2")
+    assert p["space.optim.lr"] == '{"loguniform": [0.0001, 0.03]}'
+    completed = [c for c in _children(uri, parent) if c.info.status == "FINISHED"]
+    best_child = max(completed, key=lambda c: max(m.value for m in client.get_metric_history(c.info.run_id, "val/acc")))
+    assert parent.data.tags["dlp.sweep.best_run_id"] == best_child.info.run_id
+    assert parent.data.metrics["best/test/acc"] == pytest.approx(best_child.data.metrics["test/acc"])
+    assert float(p["best.optim.lr"]) == pytest.approx(float(best_child.data.params["optim.lr"]))
+    assert parent.data.metrics["trials/completed"] + parent.data.metrics["trials/stopped"] == 4
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/trials.csv",
+                                                                                     "sweep/space.yaml"}
+    png = client.download_artifacts(parent.info.run_id, "plots/sweep.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    import datamodules
+    from pipelines.config import compose
+
+    uri, parent, _ = sweep
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("digits_cnn", "challenger")
+    assert version.tags["dlp.sweep_run_id"] == parent.info.run_id
+    best_run = client.get_run(parent.data.tags["dlp.sweep.best_run_id"])
+    assert version.tags["dlp.source_run_id"] == best_run.info.run_id
+
+    dm = datamodules.build(compose(["experiment=digits_cnn"]).data, 42)
+    rows, labels = dm.raw_frame("test")
+    preds = mlflow.pyfunc.load_model("models:/digits_cnn@challenger").predict(pd.DataFrame(rows))
+    accuracy = float(np.mean(preds["prediction"].astype(str).to_numpy() == np.asarray(labels).astype(str)))
+    assert accuracy == pytest.approx(best_run.data.metrics["test/acc"], abs=1e-6)
