@@ -1,9 +1,14 @@
 """`dlp`: the one command line for dlpipe.
 
     dlp train [overrides]                      train one model, tracked in MLflow
+    dlp tune experiment=X tune=Y [overrides]   a Ray Tune sweep of X over conf/tune/Y.yaml
     dlp config show [overrides]                print the resolved config
     dlp config groups                          list config groups and their options
     dlp predict MODEL_URI INPUT -o OUT         batch predictions from a logged model
+    dlp register runs:/ID/model --name M       register a run's model as a version of M, alias challenger
+    dlp promote M [--metric m] [--min-delta x] challenger -> champion if it scores better on the frozen test split
+    dlp rollback M                             champion back to the version that held it before
+    dlp models                                 registered models, versions, aliases and test metrics
     dlp ui [--port N]                          MLflow UI on 127.0.0.1 over the same store
     dlp submit [--address A] [--wait] -- CMD   run `dlp CMD` on a Ray cluster (Ray Jobs API)
     dlp jobs | dlp logs ID [--follow] | dlp stop ID    the cluster's jobs
@@ -14,6 +19,7 @@ User errors print one line and exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -41,13 +47,43 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args) -> int:
     from pipelines.config import compose
-    from pipelines.train import summary, train
 
     cfg = compose(args.overrides)  # config errors: before any import of torch
-    _quiet_libraries()
+    if cfg.trainer.num_workers >= 1:
+        from pipelines import raycluster
+
+        # start the local Ray cluster now, in a thread, so its ~4 s start overlaps the imports, data checks and
+        # MLflow setup below; distributed.run's connect() waits for it (and raises its error, if any)
+        raycluster.start_in_background()
+    if args.whole_process:
+        # importing torch, Lightning, MLflow and Ray makes ~1M objects and the collector walks them again and
+        # again while they load (~1.5 s of CPU); collect none during the imports, then freeze what they made
+        # (no cycles to find there) so later collections, and the one at interpreter exit, skip it
+        gc.disable()
+    try:
+        from pipelines.train import summary, train
+
+        _quiet_libraries()
+    finally:
+        if args.whole_process:
+            gc.freeze()
+            gc.enable()
     start = time.perf_counter()
-    out = train(cfg)
+    try:
+        out = train(cfg)
+    finally:
+        if cfg.trainer.num_workers >= 1:
+            raycluster.abandon()  # a cluster started above that the run never used (it failed before training)
     print(summary(cfg, out, time.perf_counter() - start))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from pipelines import tune
+
+    sweep = tune.prepare(args.overrides)  # config and search-space errors: before Ray or MLflow start
+    _quiet_libraries()
+    print(tune.summary(tune.run(sweep)))
     return 0
 
 
@@ -96,6 +132,47 @@ def cmd_predict(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out, index=False)
     print(f"wrote {len(preds)} predictions to {out}")
+    return 0
+
+
+def cmd_register(args) -> int:
+    _quiet_libraries()
+    from pipelines import registry
+
+    version, tags = registry.register(args.model_uri, args.name)
+    shown = "  ".join(f"{k[len('dlp.'):]} {v}" for k, v in sorted(tags.items()) if k.startswith("dlp.test/"))
+    print(f"registered {args.model_uri} as models:/{args.name}/{version} (alias {registry.CHALLENGER})"
+          + (f"\n  {shown}" if shown else ""))
+    print(f"  next: dlp promote {args.name}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    """Exit 0 when the challenger became champion, 1 when it was refused for its score (recorded either way)."""
+    _quiet_libraries()
+    from pipelines import registry
+
+    decision = registry.promote(args.model, metric=args.metric, min_delta=args.min_delta, version=args.version)
+    print(decision.line())
+    if decision.promoted:
+        print(f"  serving: models:/{args.model}@{registry.CHAMPION}")
+    return 0 if decision.promoted else 1
+
+
+def cmd_rollback(args) -> int:
+    _quiet_libraries()
+    from pipelines import registry
+
+    leaving, back = registry.rollback(args.model)
+    print(f"champion of {args.model}: v{leaving} -> v{back}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    _quiet_libraries()
+    from pipelines import registry
+
+    print(registry.format_models(registry.list_models()))
     return 0
 
 
@@ -191,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("tune", help="a Ray Tune sweep: dlp tune experiment=X tune=Y [overrides] [resume=true]",
+                       description="Sweep the search space of conf/tune/<Y>.yaml over experiment X; every trial is a "
+                                   "(possibly distributed) training run nested under one MLflow sweep run, and the "
+                                   "best trial's model is registered with alias `challenger`.")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("config", help="show the resolved config or the available groups")
     p.add_argument("action", choices=["show", "groups"])
     p.add_argument("overrides", nargs="*")
@@ -201,6 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="CSV or Parquet file of raw input rows")
     p.add_argument("-o", "--output", required=True, help="CSV file to write")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("register", help="register runs:/<id>/model as a new version of --name, alias challenger")
+    p.add_argument("model_uri", help="runs:/<run id>/model, as dlp train prints it")
+    p.add_argument("--name", required=True, help="registered model name (created if new)")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("promote", help="move alias champion to the challenger if it scores better on the test split",
+                       description="Re-score the challenger and the current champion on the same frozen test split "
+                                   "(rebuilt from the training config; dataset fingerprints must match) and move "
+                                   "`champion` only if the challenger is better by at least --min-delta. Exit 0 when "
+                                   "promoted, 1 when refused for its score; the decision is recorded on the version.")
+    p.add_argument("model")
+    p.add_argument("--metric", help="acc, f1, precision, recall, log_loss (classification); r2, mae, rmse, mse "
+                                    "(regression, forecasts). Default: the monitored metric if computable, else acc, "
+                                    "r2 or mae")
+    p.add_argument("--min-delta", type=float, default=0.0, help="least improvement that promotes (default 0)")
+    p.add_argument("--version", help="promote this version instead of the one aliased challenger")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="move alias champion back to the version that held it before")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("models", help="list registered models: versions, aliases, test metrics, last decision")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the tracking store")
     p.add_argument("--host", default="127.0.0.1")
@@ -243,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.whole_process = argv is None  # the process's own command line (not a call from a test or a script)
     try:
         return args.func(args)
     except UserError as e:
@@ -251,6 +361,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dlp: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130
+    finally:
+        if args.whole_process:
+            # the process exits next: its final garbage collection over every object torch, Lightning, MLflow
+            # and Ray made took ~2 s after `dlp train` printed its summary; frozen objects are skipped (they are
+            # still freed; only cycles among them are left to the OS)
+            gc.freeze()
 
 
 if __name__ == "__main__":
