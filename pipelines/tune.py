@@ -24,6 +24,7 @@ A sweep whose concurrent trials cannot fit the cluster is refused before anythin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -231,9 +232,10 @@ def run(sweep: Sweep) -> SweepResult:
             else:
                 log.info("resuming sweep %s from %s", parent, path)
                 mlflow.set_tag("dlp.sweep.resumed", "true")
-            grid = _tuner(sweep, parent, path, uri).fit()
-            if grid.num_terminated + grid.num_errors < len(grid):
-                raise KeyboardInterrupt  # Ctrl-C: Tune saved its state and stopped the trials it was running
+            with _ctrl_c() as interrupted:
+                grid = _tuner(sweep, parent, path, uri).fit()
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
             trials = _reconcile(sweep, parent, grid)
             best = _best(sweep, trials)
             challenger = _log_sweep_outputs(sweep, parent, trials, best)
@@ -251,6 +253,33 @@ def run(sweep: Sweep) -> SweepResult:
             ray.shutdown()
     return SweepResult(sweep, parent, experiment.experiment_id, trials, best, challenger,
                        time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    """Ctrl-C during Tuner.fit: Tune's own graceful stop (state saved, trials stopped), and a flag that says it
+    happened — after such a stop fit() returns normally and its trials all look TERMINATED. A second Ctrl-C
+    raises KeyboardInterrupt at once."""
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signal.SIGUSR1)      # Tune's graceful-stop signal
+
+    previous = signal.signal(signal.SIGINT, handler)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"   # Tune would replace our handler with its own
+    try:
+        yield interrupted
+    finally:
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        signal.signal(signal.SIGINT, previous)
 
 
 def _find_unfinished(sweep: Sweep, experiment_id: str):
@@ -430,13 +459,14 @@ def _reconcile(sweep: Sweep, parent: str, grid) -> List[Trial]:
         [client.get_run(parent).info.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{parent}'")}
     trials = []
     for result in grid:
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        # a trial that never reported has no metrics; its directory is _trial_<id>_<n>_<params>_<date>
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[2]
         child = children.get(trial_id)
         frame = result.metrics_dataframe
         values = frame[sweep.metric].dropna() if frame is not None and sweep.metric in frame else None
         best = None if values is None or values.empty else float(values.max() if sweep.mode == "max" else values.min())
-        epochs = int(result.metrics.get("epoch", -1)) + 1
-        params = decode({k: v for k, v in result.config.items()}, sweep.encoded)
+        epochs = int((result.metrics or {}).get("epoch", -1)) + 1
+        params = decode(dict(result.config or {}), sweep.encoded)
         if result.error is not None:
             status, error = "errored", _first_line(result.error)
         elif child is not None and child.info.status == "FINISHED":
@@ -533,22 +563,22 @@ def _cell(value: Any) -> Any:
 
 
 def _register_challenger(sweep: Sweep, parent: str, best: Trial) -> Optional[str]:
+    """The best trial's model as a new version with alias `challenger` (pipelines.registry.register: the same
+    evidence tags as `dlp register`), tagged with the sweep's run id."""
     import mlflow
     from mlflow import MlflowClient
 
+    from pipelines import registry
+
     client = MlflowClient()
-    model_uri = client.get_run(best.run_id).data.tags.get("dlp.model_uri")
-    if not model_uri:
+    if not client.get_run(best.run_id).data.tags.get("dlp.model_uri"):
         log.warning("the best trial logged no model (mlflow.log_model=false): nothing registered")
         return None
     name = sweep.cfg.mlflow.registered_model_name or sweep.cfg.name
-    version = mlflow.register_model(model_uri, name).version
-    client.set_registered_model_alias(name, "challenger", version)
-    for key, value in {"dlp.sweep_run_id": parent, "dlp.source_run_id": best.run_id,
-                       **{f"dlp.{k}": f"{v:.6g}" for k, v in best.test.items()}}.items():
-        client.set_model_version_tag(name, version, key, value)
+    version, _ = registry.register(f"runs:/{best.run_id}/model", name)
+    client.set_model_version_tag(name, version, SWEEP_TAG, parent)
     mlflow.set_tag("dlp.challenger", f"models:/{name}/{version}")
-    return f"models:/{name}@challenger"
+    return f"models:/{name}@{registry.CHALLENGER}"
 
 
 # ---- console --------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
     uri, parent, _ = sweep
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("digits_cnn", "challenger")
-    assert version.tags["dlp.sweep_run_id"] == parent.info.run_id
+    assert version.tags["dlp.sweep_run_id"] == parent.info.run_id and version.tags["dlp.data.source"] == "sklearn:digits"
     best_run = client.get_run(parent.data.tags["dlp.sweep.best_run_id"])
     assert version.tags["dlp.source_run_id"] == best_run.info.run_id
 
