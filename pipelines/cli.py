@@ -2,6 +2,8 @@
 
     dlp train [overrides]                      train one model, tracked in MLflow
     dlp tune experiment=X tune=Y [overrides]   a Ray Tune sweep of X over conf/tune/Y.yaml
+    dlp pipeline experiment=X [tune=Y]         prepare -> train|tune -> evaluate -> register -> promote, cached
+    dlp evaluate MODEL_URI [--metric m]        score a logged model on its frozen test split
     dlp config show [overrides]                print the resolved config
     dlp config groups                          list config groups and their options
     dlp predict MODEL_URI INPUT -o OUT         batch predictions from a logged model
@@ -45,10 +47,22 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
+def overrides(args) -> list:
+    """The command's overrides, with any argument that holds several (`mlflow run -P overrides="a=1 b=2"`
+    passes them as one quoted word) split the way a shell would."""
+    import re
+    import shlex
+
+    out = []
+    for arg in args.overrides:
+        out += shlex.split(arg) if re.search(r"\s+[\w.+~/-]+=", arg) else [arg]
+    return out
+
+
 def cmd_train(args) -> int:
     from pipelines.config import compose
 
-    cfg = compose(args.overrides)  # config errors: before any import of torch
+    cfg = compose(overrides(args))  # config errors: before any import of torch
     if cfg.trainer.num_workers >= 1:
         from pipelines import raycluster
 
@@ -81,9 +95,34 @@ def cmd_train(args) -> int:
 def cmd_tune(args) -> int:
     from pipelines import tune
 
-    sweep = tune.prepare(args.overrides)  # config and search-space errors: before Ray or MLflow start
+    sweep = tune.prepare(overrides(args))  # config and search-space errors: before Ray or MLflow start
     _quiet_libraries()
     print(tune.summary(tune.run(sweep)))
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from pipelines import pipeline
+
+    p = pipeline.prepare(overrides(args))  # config, sweep and step-parameter errors: before any run
+    _quiet_libraries()
+    print(pipeline.summary(pipeline.run(p)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pipelines import pipeline, tracking
+
+    tracking.configure()
+    _quiet_libraries()
+    out = pipeline.evaluate(args.model_uri, args.metric)
+    run_id = os.environ.get("MLFLOW_RUN_ID")   # under `mlflow run -e evaluate`: record it on that run
+    if run_id:
+        from mlflow import MlflowClient
+
+        MlflowClient().log_metric(run_id, f"eval/{out['metric']}", out["value"])
+    print(f"{args.model_uri}: test {out['metric']} = {out['value']:.4f} on {out['n_test']} rows of the frozen "
+          f"test split of run {out['run_id']}")
     return 0
 
 
@@ -97,7 +136,7 @@ def cmd_config(args) -> int:
         print("(conf/cluster/ holds a Ray cluster-launcher YAML and a KubeRay RayJob manifest for `dlp submit`, "
               "not config options)")
         return 0
-    print(to_yaml(compose(args.overrides)), end="")
+    print(to_yaml(compose(overrides(args))), end="")
     return 0
 
 
@@ -274,6 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "best trial's model is registered with alias `challenger`.")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("pipeline", help="prepare -> train|tune -> evaluate -> register -> promote, steps cached",
+                       description="Run the step graph of conf/pipeline.yaml for an experiment: each step is an "
+                                   "MLflow run nested under one pipeline run; a step whose inputs match a finished "
+                                   "one is reused. Arguments: experiment=X [tune=Y] [training overrides] "
+                                   "[pipeline.<step>.<key>=value].")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("evaluate", help="score a logged model on the frozen test split of the run that trained it")
+    p.add_argument("model_uri", help="runs:/<id>/model or models:/<name>@<alias>")
+    p.add_argument("--metric", default=None, help="acc, f1, precision, recall, log_loss, r2, mae, rmse "
+                                                   "(default: the monitored metric, else acc / r2 / mae)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="show the resolved config or the available groups")
     p.add_argument("action", choices=["show", "groups"])

@@ -48,6 +48,17 @@ def configure(cfg=None) -> str:
     return uri
 
 
+def set_experiment(name: str):
+    """The experiment runs go to: `name`, or under `mlflow run` (MLFLOW_RUN_ID set) the experiment of the run
+    MLflow made for the command, which fluent start_run() then continues."""
+    import mlflow
+
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        return mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(outer).info.experiment_id)
+    return mlflow.set_experiment(name)
+
+
 def git_commit() -> Optional[str]:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -55,6 +66,22 @@ def git_commit() -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_version() -> Optional[str]:
+    """HEAD, plus a hash of the uncommitted changes to tracked files when there are any: what `dlp pipeline`
+    keys its step cache on, so an edited working tree never reuses a step computed by other code."""
+    import hashlib
+
+    commit = git_commit()
+    if commit is None:
+        return None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD"], capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return commit
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else commit
 
 
 class EpochEnd(Checkpoint):

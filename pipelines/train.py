@@ -167,7 +167,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     if resume_from is not None:
         _check_checkpoint_matches(resume_from, cfg)
 
-    experiment = mlflow.set_experiment(cfg.mlflow.experiment_name or cfg.name)
+    experiment = tracking.set_experiment(cfg.mlflow.experiment_name or cfg.name)
     resume_run = _existing_run(resume_from.parent.name) if resume_from is not None else None
     if cfg.resume == "auto":
         from pipelines import distributed
@@ -328,7 +328,10 @@ def summary(cfg: DictConfig, out: TrainResult, wall: float) -> str:
         lines.append(f"  best {cfg.monitor.metric} = {r.best_score:.4f}")
     lines.append("  test metrics:")
     lines += [f"    {k:<16} {v:.4f}" for k, v in sorted(r.test_metrics.items())]
-    lines.append(f"  run id:   {out.run_id}  (experiment '{cfg.mlflow.experiment_name or cfg.name}')")
+    import mlflow
+
+    experiment = mlflow.get_experiment(out.experiment_id).name  # under `mlflow run`: the one it chose
+    lines.append(f"  run id:   {out.run_id}  (experiment '{experiment}')")
     if out.model_uri:
         lines.append(f"  model:    {out.model_uri}   -> dlp predict {out.model_uri} input.csv -o preds.csv")
     lines.append(f"  browse:   dlp ui   then open http://127.0.0.1:5000/#/experiments/{out.experiment_id}/runs/{out.run_id}")

@@ -83,8 +83,13 @@ class SweepResult:
     experiment_id: str
     trials: List[Trial]
     best: Optional[Trial]
-    challenger: Optional[str]
+    challenger_version: Optional[str]      # the registry version given alias `challenger`, if any
     seconds: float
+
+    @property
+    def challenger(self) -> Optional[str]:
+        name = self.sweep.cfg.mlflow.registered_model_name or self.sweep.cfg.name
+        return f"models:/{name}@challenger" if self.challenger_version else None
 
 
 # ---- command line -> Sweep ------------------------------------------------------------------
@@ -207,8 +212,10 @@ def _check_space(cfg: DictConfig, spec: DictConfig) -> List[str]:
 
 # ---- the sweep ------------------------------------------------------------------------------
 
-def run(sweep: Sweep) -> SweepResult:
-    """Run (or resume) the sweep; returns its trials, the best one and the challenger's model URI."""
+def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
+    """Run (or resume) the sweep; returns its trials, the best one and the challenger's model URI.
+
+    `run_tags` go on a new sweep run (`dlp pipeline` nests the sweep under its own run with them)."""
     import mlflow
 
     from pipelines import distributed
@@ -216,14 +223,19 @@ def run(sweep: Sweep) -> SweepResult:
     start = time.perf_counter()
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")   # trials keep our working directory
     uri = tracking.configure(sweep.cfg)
-    experiment = mlflow.set_experiment(sweep.cfg.mlflow.experiment_name)
+    experiment = tracking.set_experiment(sweep.cfg.mlflow.experiment_name)
+    # under `mlflow run`, its run is the sweep run; trials (whose processes inherit our environment through
+    # the Ray cluster we may start) must not see it, or each would write into it
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)
     parent, path = _find_unfinished(sweep, experiment.experiment_id)
+    parent = parent or outer
     started = distributed.connect(log_to_driver=False)  # trials' Ray logs stay in Ray's session dir; the table shows
     try:
         import ray
 
         check_fits(sweep.cfg, sweep.spec.max_concurrent_trials, ray.cluster_resources())
-        run_obj = mlflow.start_run(run_id=parent, run_name=None if parent else f"sweep-{sweep.name}")
+        run_obj = mlflow.start_run(run_id=parent, run_name=None if parent else f"sweep-{sweep.name}",
+                                   tags=None if parent else run_tags)
         parent = run_obj.info.run_id
         try:
             if path is None:
@@ -238,7 +250,7 @@ def run(sweep: Sweep) -> SweepResult:
                 raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
             trials = _reconcile(sweep, parent, grid)
             best = _best(sweep, trials)
-            challenger = _log_sweep_outputs(sweep, parent, trials, best)
+            version = _log_sweep_outputs(sweep, parent, trials, best)
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
@@ -251,8 +263,7 @@ def run(sweep: Sweep) -> SweepResult:
             import ray
 
             ray.shutdown()
-    return SweepResult(sweep, parent, experiment.experiment_id, trials, best, challenger,
-                       time.perf_counter() - start)
+    return SweepResult(sweep, parent, experiment.experiment_id, trials, best, version, time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -527,7 +538,7 @@ def _best(sweep: Sweep, trials: List[Trial]) -> Optional[Trial]:
 
 
 def _log_sweep_outputs(sweep: Sweep, parent: str, trials: List[Trial], best: Optional[Trial]) -> Optional[str]:
-    """Trials CSV and plot on the parent run; the best trial's model registered as `challenger`."""
+    """Trials CSV and plot on the parent run; the best trial's model registered as `challenger` (its version)."""
     import tempfile
 
     import mlflow
@@ -564,7 +575,7 @@ def _cell(value: Any) -> Any:
 
 def _register_challenger(sweep: Sweep, parent: str, best: Trial) -> Optional[str]:
     """The best trial's model as a new version with alias `challenger` (pipelines.registry.register: the same
-    evidence tags as `dlp register`), tagged with the sweep's run id."""
+    evidence tags as `dlp register`), tagged with the sweep's run id; returns the version."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -578,7 +589,7 @@ def _register_challenger(sweep: Sweep, parent: str, best: Trial) -> Optional[str
     version, _ = registry.register(f"runs:/{best.run_id}/model", name)
     client.set_model_version_tag(name, version, SWEEP_TAG, parent)
     mlflow.set_tag("dlp.challenger", f"models:/{name}/{version}")
-    return f"models:/{name}@{registry.CHALLENGER}"
+    return str(version)
 
 
 # ---- console --------------------------------------------------------------------------------
