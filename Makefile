@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/tune_efficiency.py
 
 ui: $(STAMP)
 	.venv/bin/dlp ui

@@ -69,7 +69,8 @@ def cmd_train(args) -> int:
         # start the local Ray cluster now, in a thread, so its ~4 s start overlaps the imports, data checks and
         # MLflow setup below; distributed.run's connect() waits for it (and raises its error, if any)
         raycluster.start_in_background()
-    if args.whole_process:
+    whole_process = getattr(args, "whole_process", False)
+    if whole_process:
         # importing torch, Lightning, MLflow and Ray makes ~1M objects and the collector walks them again and
         # again while they load (~1.5 s of CPU); collect none during the imports, then freeze what they made
         # (no cycles to find there) so later collections, and the one at interpreter exit, skip it
@@ -79,7 +80,7 @@ def cmd_train(args) -> int:
 
         _quiet_libraries()
     finally:
-        if args.whole_process:
+        if whole_process:
             gc.freeze()
             gc.enable()
     start = time.perf_counter()
@@ -130,9 +131,12 @@ def cmd_config(args) -> int:
     from pipelines.config import CONF_DIR, compose, to_yaml
 
     if args.action == "groups":
-        for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "cluster"):
+        for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("cluster", "tune")):
             options = sorted(f.stem for f in group.glob("*.yaml"))
             print(f"{group.name + ':':<12} {', '.join(options)}")
+        sweeps = ", ".join(sorted(f.stem for f in (CONF_DIR / "tune").glob("*.yaml")))
+        print(f"(conf/tune/ holds the search spaces of `dlp tune experiment=X tune=Y`: {sweeps}; conf/pipeline.yaml "
+              "the step graph of `dlp pipeline`)")
         print("(conf/cluster/ holds a Ray cluster-launcher YAML and a KubeRay RayJob manifest for `dlp submit`, "
               "not config options)")
         return 0

@@ -5,6 +5,7 @@ the Lightning callback here logs per-epoch metrics from rank 0 only, by run id.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -57,6 +58,22 @@ def set_experiment(name: str):
     if outer:
         return mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(outer).info.experiment_id)
     return mlflow.set_experiment(name)
+
+
+@contextlib.contextmanager
+def ending_active_run():
+    """End the active MLflow run FINISHED, or KILLED on Ctrl-C and FAILED on any other error: never RUNNING."""
+    import mlflow
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def git_commit() -> Optional[str]:

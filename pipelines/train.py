@@ -176,7 +176,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     resume_run = continue_run or resume_run
     run = mlflow.start_run(run_id=resume_run, run_name=None if resume_run else (cfg.mlflow.run_name or None))
     run_id = run.info.run_id
-    try:
+    with tracking.ending_active_run():
         if resume_run is None:
             _log_run_inputs(cfg, dm, resume_from)
             mlflow.set_tags(run_tags or {})
@@ -191,13 +191,6 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
             result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
         out = TrainResult(run_id, experiment.experiment_id, result)
         _log_outputs(cfg, dm, result, out)
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
     return out
 
 

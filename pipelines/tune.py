@@ -237,7 +237,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
         run_obj = mlflow.start_run(run_id=parent, run_name=None if parent else f"sweep-{sweep.name}",
                                    tags=None if parent else run_tags)
         parent = run_obj.info.run_id
-        try:
+        with tracking.ending_active_run():
             if path is None:
                 path = Path(sweep.cfg.output_dir).resolve() / "tune" / parent
                 _log_sweep_inputs(sweep, path)
@@ -251,13 +251,6 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
             trials = _reconcile(sweep, parent, grid)
             best = _best(sweep, trials)
             version = _log_sweep_outputs(sweep, parent, trials, best)
-        except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
-            raise
-        except BaseException:
-            mlflow.end_run("FAILED")
-            raise
-        mlflow.end_run("FINISHED")
     finally:
         if started:
             import ray

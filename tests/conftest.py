@@ -21,6 +21,9 @@ def store(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store in tmp_path, also the working directory (outputs/ lands there)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # mlflow.set_experiment() exports the active experiment's id; one left by an earlier in-process test names
+    # an experiment this store lacks (and subprocesses such as `mlflow run` would inherit it)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     import mlflow
 
@@ -72,3 +75,27 @@ def ray_cluster():
     yield ray
     if started:
         ray.shutdown()
+
+
+def dlp_in_new_store(tmp: Path, *args: str, settle: float = 0.0) -> tuple:
+    """The CLI entry point, in this process, against a fresh SQLite store in `tmp` (also the working directory):
+    (store URI, exit code, console output). For module-scoped fixtures, where `store` cannot be used.
+    `settle`: seconds to wait before leaving, for worker lines that reach the driver through Ray's log monitor."""
+    import contextlib
+    import io
+    import time
+
+    import mlflow
+
+    from pipelines.cli import main
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        with contextlib.redirect_stdout(out):
+            code = main(list(args))
+            time.sleep(settle)
+    return uri, code, out.getvalue()

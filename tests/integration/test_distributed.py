@@ -1,14 +1,12 @@
 """`dlp train trainer.num_workers=2` on a real local Ray cluster: same quality as one process,
 each epoch in MLflow once, a killed worker resumed from its checkpoint, and a clean failure."""
-import contextlib
-import io
 import re
 import subprocess
 import time
 
 import pytest
 
-from tests.conftest import assert_one_line_error, dlp_in_process, runs_with_status
+from tests.conftest import assert_one_line_error, dlp_in_new_store, dlp_in_process, runs_with_status
 
 pytestmark = pytest.mark.distributed
 RAY_PREFIX = re.compile(r"^(\x1b\[\d+m)?\((\w+ pid=\d+|raylet)")  # a line Ray streamed from one of its processes
@@ -20,36 +18,13 @@ JOB = ["experiment=digits_cnn", "trainer.max_epochs=5", "trainer.threads=1", "tr
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def two_workers(ray_cluster, tmp_path_factory):
     """One uninterrupted 2-worker run, shared: (its store URI, the run, the console output)."""
-    from pipelines.cli import main
-
-    tmp = tmp_path_factory.mktemp("two_workers")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(tmp)
-        import mlflow
-
-        mlflow.set_tracking_uri(uri)
-        with contextlib.redirect_stdout(out):
-            code = main(["train", *JOB, "trainer.num_workers=2"])
-            time.sleep(0.5)  # worker lines reach the driver through Ray's log monitor, a beat behind
-    assert code == 0, out.getvalue()
+    uri, code, out = dlp_in_new_store(tmp_path_factory.mktemp("two_workers"), "train", *JOB,
+                                      "trainer.num_workers=2", settle=0.5)
+    assert code == 0, out
     (run,) = runs_with_status(uri, "FINISHED")
-    return uri, run, out.getvalue()
+    return uri, run, out
 
 
 def _steps(uri, run_id, key="train/loss"):

@@ -1,12 +1,10 @@
 """`dlp tune` on a real local Ray cluster and a real MLflow store: a 4-trial Optuna TPE + ASHA sweep of
 the digits CNN, 2 trials at a time on 2 CPUs, each trial a Ray Train run."""
-import time
-
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import runs_with_status
+from tests.conftest import dlp_in_new_store, runs_with_status
 
 pytestmark = pytest.mark.distributed
 
@@ -17,28 +15,11 @@ SWEEP = ["tune", "experiment=digits_cnn", "tune=digits_asha", "trainer.limit_tra
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
     """The sweep, run once through the CLI entry point: (store URI, parent run, console output)."""
-    import contextlib
-    import io
-
-    import mlflow
-
-    from pipelines.cli import main
-
-    tmp = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(tmp)
-        mlflow.set_tracking_uri(uri)
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(out):
-            code = main(SWEEP)
-        print(f"sweep took {time.perf_counter() - start:.0f}s")
-    assert code == 0, out.getvalue()
+    uri, code, out = dlp_in_new_store(tmp_path_factory.mktemp("sweep"), *SWEEP)
+    assert code == 0, out
     parents = [r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags]
     assert len(parents) == 1
-    return uri, parents[0], out.getvalue()
+    return uri, parents[0], out
 
 
 def _children(uri, parent):
