@@ -26,15 +26,13 @@ from typing import Any, Dict, Optional
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import tracking
+from pipelines import raycluster, tracking
 from pipelines.errors import UserError
 
 log = logging.getLogger("dlp")
 
 CKPT_FILE = "model.ckpt"
 EPOCH_FILE = "dlp_epoch.json"        # the epoch and metrics a Ray checkpoint holds, for resuming the MLflow curve
-# Ray drains each worker's one-slot report queue once per interval (default 2 s, i.e. 2 s per epoch of a small job)
-REPORT_INTERVAL_S = "0.1"
 
 
 class TrainingFailed(UserError):
@@ -104,20 +102,12 @@ def staging_dir(storage: str, output_dir: str, run_id: str) -> Path:
 def connect(log_to_driver: bool = True) -> bool:
     """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine.
 
+    The work is in pipelines.raycluster (no torch or Lightning there, so `dlp train` can start it in a
+    background thread before its own imports); this waits for that start when there is one.
     Args:
         log_to_driver: stream the workers' output to this console (a sweep keeps it in Ray's session logs).
     Returns True when this call started Ray (the caller shuts it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
-    else:
-        # a local cluster turns token auth on by itself (~/.ray/auth_token); only the dashboard honours the host
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-    return True
+    return raycluster.connect(log_to_driver)
 
 
 def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, report_to_tune: bool = False):
@@ -133,10 +123,7 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
 
     from pipelines.train import FitResult
 
-    # Ray Train propagates both to its controller and workers
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_INTERVAL_S)
-    # its print patch sends each worker print to stdout *and* (through logging) stderr: every epoch line twice
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    raycluster.train_env(local=not os.environ.get("RAY_ADDRESS"))  # Ray Train reads (and propagates) it from here
     t = cfg.trainer
     lr = cfg.optim.lr * lr_factor(cfg)
     mlflow.set_tags({"dlp.world_size": str(t.num_workers), "dlp.effective_lr": f"{lr:g}",
@@ -146,10 +133,8 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
         result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path, report_to_tune)
     finally:
         shutil.rmtree(staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id), ignore_errors=True)
-        if started:
-            import ray
-
-            ray.shutdown()
+        if started:  # the local cluster stops while the driver logs plots and the model (Python joins it at exit)
+            raycluster.shutdown_in_background()
     out = result.return_value or {}
     best, score = _best_checkpoint(result, cfg, run_id)
     return FitResult(best_checkpoint=best or out.get("best_checkpoint"),
