@@ -117,3 +117,15 @@ def test_resume_auto_continues_the_run_after_the_driver_died(ray_cluster, store,
     assert finished.info.run_id == run.info.run_id
     assert _steps(store, run.info.run_id) == list(range(12))
     assert not _leftover_placement_groups(ray_cluster)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_trains_across_two_workers(ray_cluster, store, capsys):
+    """trainer.precision=bf16-mixed reaches the workers' Lightning Trainers (CPU autocast over gloo) and still learns."""
+    proc = dlp_in_process(capsys, "train", *JOB, "trainer.max_epochs=3", "trainer.num_workers=2",
+                          "trainer.precision=bf16-mixed", "mlflow.log_model=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = runs_with_status(store, "FINISHED")
+    assert run.data.params["trainer.precision"] == "bf16-mixed" and run.data.tags["dlp.world_size"] == "2"
+    assert run.data.metrics["test/acc"] >= 0.9
+    assert _steps(store, run.info.run_id) == [0, 1, 2]
