@@ -112,15 +112,16 @@ def run(p: Pipeline, echo: Callable[[str], None] = print) -> PipelineResult:
         experiment_id = mlflow.set_experiment(p.cfg.mlflow.experiment_name or p.cfg.name).experiment_id
         parent = client.create_run(experiment_id, run_name=f"pipeline-{p.cfg.name}").info.run_id
     _set_tags(client, parent, {PIPELINE_TAG: p.cfg.name, "dlp.experiment": p.cfg.name,
-                               "dlp.pipeline.command": json.dumps([*p.overrides, *p.tune_args]),
-                               "dlp.pipeline.code_version": tracking.code_version() or "unknown"})
+                               "dlp.pipeline.command": json.dumps([*p.overrides, *p.tune_args])})
     result = PipelineResult(parent, experiment_id)
     outputs: Dict[str, Dict[str, Any]] = {}
+    code = tracking.code_version()
+    client.set_tag(parent, "dlp.pipeline.code_version", code or "unknown")
     try:
         for name, step in p.steps.items():
             params = {k: v for k, v in OmegaConf.to_container(step).items() if k != "needs"}
             upstream = {need: outputs[need] for need in step.needs}
-            done = _run_step(client, p, experiment_id, parent, name, params, upstream, echo)
+            done = _run_step(client, p, experiment_id, parent, name, params, upstream, code, echo)
             outputs[name] = done.outputs
             result.steps.append(done)
     except KeyboardInterrupt:
@@ -137,9 +138,9 @@ def run(p: Pipeline, echo: Callable[[str], None] = print) -> PipelineResult:
 
 
 def _run_step(client, p: Pipeline, experiment_id: str, parent: str, name: str, params: dict, upstream: dict,
-              echo) -> StepResult:
+              code: Optional[str], echo) -> StepResult:
     entry = "tune" if name == "train" and p.tune_args else name
-    inputs = {"entry": entry, "params": params, "code": tracking.code_version(), "upstream": upstream,
+    inputs = {"entry": entry, "params": params, "code": code, "upstream": upstream,
               "config": _step_config(p, entry)}
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     tags = {"mlflow.parentRunId": parent, STEP_TAG: name, KEY_TAG: key, "dlp.step.entry": entry}
@@ -162,8 +163,11 @@ def _run_step(client, p: Pipeline, experiment_id: str, parent: str, name: str, p
 
 
 def _step_config(p: Pipeline, entry: str) -> Any:
-    """What of the training config a step's result depends on (the train and prepare steps: all of it)."""
-    if entry in ("prepare", "train"):
+    """What of the training config a step's result depends on: the data settings for prepare, all of it for
+    train and tune; later steps depend on it only through their upstream outputs."""
+    if entry == "prepare":
+        return {"data": OmegaConf.to_container(p.cfg.data, resolve=True), "seed": p.cfg.seed}
+    if entry == "train":
         return OmegaConf.to_container(p.cfg, resolve=True)
     if entry == "tune":
         return {"cfg": OmegaConf.to_container(p.cfg, resolve=True), "tune": p.tune_args}
