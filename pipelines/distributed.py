@@ -262,7 +262,7 @@ def _train_worker(config: Dict[str, Any]):
     rank = ctx.get_world_rank()
     run_id, uri = config["run_id"], config["uri"]
     staging = staging_dir(config["storage"], cfg.output_dir, run_id)
-    callbacks = [RayReport(staging, rank, run_id)]
+    callbacks = [RayReport(staging, rank)]
     if config.get("fault"):
         callbacks.append(FaultHook(config["fault"], staging / "fault-fired"))
 
@@ -345,8 +345,8 @@ class RayReport(Checkpoint):
     the checkpoint a restart would resume from is at least that epoch.
     """
 
-    def __init__(self, staging: Path, rank: int, run_id: str):
-        self.staging, self.rank, self.run_id = staging, rank, run_id
+    def __init__(self, staging: Path, rank: int):
+        self.staging, self.rank = staging, rank
         self._epoch_start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -368,7 +368,7 @@ class RayReport(Checkpoint):
             (directory / EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
         trainer.save_checkpoint(str(directory / CKPT_FILE))  # collective: every rank calls it, rank 0 writes
         checkpoint = Checkpoint.from_directory(str(directory)) if self.rank == 0 else None
-        ray.train.report({**metrics, "epoch": epoch, "mlflow_run_id": self.run_id}, checkpoint=checkpoint,
+        ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint,
                          delete_local_checkpoint_after_upload=self.rank == 0)
         if self.rank == 0:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)

@@ -111,29 +111,21 @@ def run(p: Pipeline, echo: Callable[[str], None] = print) -> PipelineResult:
     else:
         experiment_id = mlflow.set_experiment(p.cfg.mlflow.experiment_name or p.cfg.name).experiment_id
         parent = client.create_run(experiment_id, run_name=f"pipeline-{p.cfg.name}").info.run_id
+    code = tracking.code_version()
     _set_tags(client, parent, {PIPELINE_TAG: p.cfg.name, "dlp.experiment": p.cfg.name,
-                               "dlp.pipeline.command": json.dumps([*p.overrides, *p.tune_args])})
+                               "dlp.pipeline.command": json.dumps([*p.overrides, *p.tune_args]),
+                               "dlp.pipeline.code_version": code or "unknown"})
     result = PipelineResult(parent, experiment_id)
     outputs: Dict[str, Dict[str, Any]] = {}
-    code = tracking.code_version()
-    client.set_tag(parent, "dlp.pipeline.code_version", code or "unknown")
-    try:
+    with tracking.ending_run(parent, finish=not outer):   # `mlflow run` ends its own run
         for name, step in p.steps.items():
             params = {k: v for k, v in OmegaConf.to_container(step).items() if k != "needs"}
             upstream = {need: outputs[need] for need in step.needs}
             done = _run_step(client, p, experiment_id, parent, name, params, upstream, code, echo)
             outputs[name] = done.outputs
             result.steps.append(done)
-    except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
-        raise
-    client.log_dict(parent, {s.name: {"run_id": s.run_id, "reused_from": s.reused_from, "outputs": s.outputs}
-                             for s in result.steps}, "pipeline/steps.json")
-    if not outer:  # `mlflow run` ends its own run
-        client.set_terminated(parent, "FINISHED")
+        client.log_dict(parent, {s.name: {"run_id": s.run_id, "reused_from": s.reused_from, "outputs": s.outputs}
+                                 for s in result.steps}, "pipeline/steps.json")
     return result
 
 
@@ -188,21 +180,17 @@ def _set_tags(client, run_id: str, tags: Dict[str, str]) -> None:
 
 
 def _show(outputs: dict) -> str:
-    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in outputs.items()
-                     if k not in ("fingerprint",))
+    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in outputs.items())
 
 
 # ---- the steps: each returns (its run id, its outputs) ----------------------------------------
 
 def _in_step_run(client, experiment_id: str, tags: dict, name: str, body: Callable[[str], dict]):
-    """Run `body(run_id)` in a fresh step run that ends FINISHED, or FAILED with the error."""
+    """Run `body(run_id)` in a fresh step run that ends FINISHED (reusable only once _run_step has tagged its
+    outputs), KILLED on Ctrl-C or FAILED."""
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    try:
+    with tracking.ending_run(run_id):
         outputs = body(run_id)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")   # reusable only once _run_step has tagged its outputs
     return run_id, outputs
 
 

@@ -61,19 +61,31 @@ def set_experiment(name: str):
 
 
 @contextlib.contextmanager
-def ending_active_run():
-    """End the active MLflow run FINISHED, or KILLED on Ctrl-C and FAILED on any other error: never RUNNING."""
+def ending_run(run_id: Optional[str] = None, finish: bool = True):
+    """End a run FINISHED, or KILLED on Ctrl-C and FAILED on any other error: never RUNNING.
+
+    Args:
+        run_id: that run, through the client; None: the active (fluent) run.
+        finish: False leaves a run that ends well to its owner (`mlflow run` ends its own).
+    """
     import mlflow
+
+    def end(status: str) -> None:
+        if run_id is None:
+            mlflow.end_run(status)
+        else:
+            mlflow.MlflowClient().set_terminated(run_id, status)
 
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        end("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        end("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    if finish:
+        end("FINISHED")
 
 
 def git_commit() -> Optional[str]:

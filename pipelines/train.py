@@ -176,7 +176,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     resume_run = continue_run or resume_run
     run = mlflow.start_run(run_id=resume_run, run_name=None if resume_run else (cfg.mlflow.run_name or None))
     run_id = run.info.run_id
-    with tracking.ending_active_run():
+    with tracking.ending_run():
         if resume_run is None:
             _log_run_inputs(cfg, dm, resume_from)
             mlflow.set_tags(run_tags or {})

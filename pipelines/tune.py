@@ -237,7 +237,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
         run_obj = mlflow.start_run(run_id=parent, run_name=None if parent else f"sweep-{sweep.name}",
                                    tags=None if parent else run_tags)
         parent = run_obj.info.run_id
-        with tracking.ending_active_run():
+        with tracking.ending_run():
             if path is None:
                 path = Path(sweep.cfg.output_dir).resolve() / "tune" / parent
                 _log_sweep_inputs(sweep, path)
@@ -426,14 +426,15 @@ def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -
     from pipelines.train import train
 
     cfg = OmegaConf.create(base)
-    for key, value in decode(params, info["encoded"]).items():
+    values = decode(params, info["encoded"])
+    for key, value in values.items():
         OmegaConf.update(cfg, key, value, merge=False)
     trial_id = tune.get_context().get_trial_id()
     cfg.mlflow.run_name = f"{info['sweep']}-{trial_id}"
     cfg = validate(cfg)
     tracking.configure(cfg)
     tags = {"mlflow.parentRunId": info["parent"], SWEEP_TAG: info["parent"], TRIAL_TAG: trial_id,
-            "dlp.trial_params": json.dumps(decode(params, info["encoded"]))}
+            "dlp.trial_params": json.dumps(values)}
     train(cfg, run_tags=tags, continue_run=_trial_run(info["parent"], trial_id), report_to_tune=True)
 
 
