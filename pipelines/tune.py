@@ -248,6 +248,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
                 grid = _tuner(sweep, parent, path, uri).fit()
             if interrupted.is_set():
                 raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
+            _await_trial_workers()
             trials = _reconcile(sweep, parent, grid)
             best = _best(sweep, trials)
             version = _log_sweep_outputs(sweep, parent, trials, best)
@@ -454,6 +455,28 @@ def _trial_run(parent: str, trial_id: str) -> Optional[str]:
 
 # ---- after the sweep ------------------------------------------------------------------------
 
+def _await_trial_workers(timeout: float = 30.0) -> None:
+    """Wait until the Ray Train actors of this sweep's trials are gone: a trial the scheduler stopped is
+    killed, and its controller and workers die after it (fate sharing, asynchronously). Until they do, a
+    stopped trial's rank 0 could still log an epoch to a run we are about to mark KILLED."""
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)],
+                                        raise_on_missing_output=False)
+                 if a.class_name in ("RayTrainWorker", "TrainController")]
+        if not alive:
+            log.debug("trial workers gone after %.1fs", time.monotonic() - deadline + timeout)
+            return
+        if time.monotonic() > deadline:
+            log.warning("%d Ray Train actors of stopped trials still alive after %.0fs", len(alive), timeout)
+            return
+        time.sleep(0.5)
+
+
 def _reconcile(sweep: Sweep, parent: str, grid) -> List[Trial]:
     """One Trial per Tune trial, with its child run's final status set: a trial the scheduler stopped was
     killed mid-run (its run is not FINISHED); one that raised is FAILED with the error."""
@@ -480,7 +503,8 @@ def _reconcile(sweep: Sweep, parent: str, grid) -> List[Trial]:
             status, error = "stopped", ""
         run_id = child.info.run_id if child is not None else None
         if run_id is not None:
-            _backfill_epochs(client, run_id, frame)
+            # the stop reaches a trial's workers asynchronously: rank 0 may log one more epoch than Tune saw
+            epochs = max(epochs, _backfill_epochs(client, run_id, frame))
             _finish_child(client, run_id, status, error, epochs, sweep.spec.scheduler)
             child = client.get_run(run_id)
         test = {k: v for k, v in (child.data.metrics.items() if child else ()) if k.startswith("test/")}
@@ -488,22 +512,23 @@ def _reconcile(sweep: Sweep, parent: str, grid) -> List[Trial]:
     return sorted(trials, key=lambda t: t.trial_id)
 
 
-def _backfill_epochs(client, run_id: str, frame) -> None:
-    """Log the epochs Tune received but the child run lacks: a trial stopped right after its report dies
-    before its rank 0 writes that epoch to MLflow."""
+def _backfill_epochs(client, run_id: str, frame) -> int:
+    """Log the epochs Tune received but the child run lacks (a trial stopped right after its report dies
+    before its rank 0 writes that epoch to MLflow); return how many epochs the run now holds."""
     from mlflow.entities import Metric
 
     from pipelines.tracking import EPOCH_PREFIXES
 
-    if frame is None or "epoch" not in frame:
-        return
     logged = max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=-1)
+    if frame is None or "epoch" not in frame:
+        return logged + 1
     keys = [k for k in frame.columns if k.startswith((*EPOCH_PREFIXES, "perf/"))]
     now = int(time.time() * 1000)
     missing = [Metric(k, float(row[k]), now, int(row["epoch"])) for _, row in frame.iterrows()
                if int(row["epoch"]) > logged for k in keys if row[k] == row[k]]   # row[k] == row[k]: not NaN
     if missing:
         client.log_batch(run_id, metrics=missing)
+    return max([logged, *(int(e) for e in frame["epoch"].dropna())]) + 1
 
 
 def _finish_child(client, run_id: str, status: str, error: str, epochs: int, scheduler: str) -> None:

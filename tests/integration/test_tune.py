@@ -52,6 +52,15 @@ def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
     assert "trial" in console and "stopped" in console and "best:" in console
 
 
+def test_stopped_trials_release_their_workers(sweep):
+    from ray.util.state import list_actors, list_placement_groups
+
+    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+             if a.class_name in ("RayTrainWorker", "TrainController")]
+    assert not alive, alive
+    assert not list_placement_groups(filters=[("state", "=", "CREATED")], raise_on_missing_output=False)
+
+
 def test_the_sweep_run_records_space_budget_and_best(sweep):
     uri, parent, _ = sweep
     client = MlflowClient(uri)

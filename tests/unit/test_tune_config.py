@@ -102,3 +102,26 @@ def test_a_sweep_that_cannot_fit_the_cluster_says_so():
         tune.check_fits(compose(["trainer.num_workers=4"]), concurrent=1, total={"CPU": 2.0})
     with pytest.raises(UserError, match="one trial needs 1 GPU"):
         tune.check_fits(compose(["trainer.num_workers=1", "trainer.use_gpu=true"]), concurrent=1, total={"CPU": 2.0})
+
+
+@pytest.mark.parametrize("logged, reported, expected_steps, epochs", [
+    (3, 2, [0, 1, 2], 3),     # the stop reached rank 0 late: it logged one epoch more than Tune saw
+    (1, 3, [0, 1, 2], 3),     # the trial died after its report, before rank 0 wrote: Tune's epochs backfilled
+    (2, 2, [0, 1], 2),
+])
+def test_a_stopped_trial_counts_every_epoch_its_run_holds(store, logged, reported, expected_steps, epochs):
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    with mlflow.start_run() as run:
+        for step in range(logged):
+            mlflow.log_metrics({"train/loss": 1.0 / (step + 1), "val/acc": 0.1 * step}, step=step)
+    frame = pd.DataFrame({"epoch": range(reported), "train/loss": [0.5] * reported, "val/acc": [0.2] * reported})
+    client = MlflowClient()
+    assert tune._backfill_epochs(client, run.info.run_id, frame) == epochs
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == expected_steps
+    tune._finish_child(client, run.info.run_id, "stopped", "", epochs, "asha")
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["dlp.trial_status"] == f"stopped by asha after epoch {epochs}"
