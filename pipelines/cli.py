@@ -83,6 +83,10 @@ def cmd_train(args) -> int:
         if whole_process:
             gc.freeze()
             gc.enable()
+    if whole_process and cfg.trainer.num_workers >= 1:
+        from pipelines import distributed
+
+        distributed.COMMAND_PROCESS = True  # its run may time the phases from the process's own start
     start = time.perf_counter()
     try:
         out = train(cfg)

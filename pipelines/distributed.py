@@ -130,17 +130,53 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
                      "dlp.ray_storage": f"{storage_path(cfg)}/{run_id}"})
     started = connect()
     try:
+        fit_called = time.time()
         result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path, report_to_tune)
     finally:
         shutil.rmtree(staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id), ignore_errors=True)
         if started:  # the local cluster stops while the driver logs plots and the model (Python joins it at exit)
             raycluster.shutdown_in_background()
     out = result.return_value or {}
+    _log_launch_times(out, fit_called, wall)
     best, score = _best_checkpoint(result, cfg, run_id)
     return FitResult(best_checkpoint=best or out.get("best_checkpoint"),
                      best_score=score if score is not None else out.get("best_score"),
                      test_metrics=out.get("test_metrics", {}), epochs=out.get("epochs", 0),
                      fit_seconds=out.get("fit_seconds", wall))
+
+
+# set by `dlp train` when this process is the command itself (not a test, script or Tune trial calling train())
+COMMAND_PROCESS = False
+
+
+def _log_launch_times(out: Dict[str, Any], fit_called: float, wall: float) -> None:
+    """Where a distributed run's time outside training goes, as run metrics (seconds; `benchmarks/scaling.py`
+    breaks the launch overhead down with them): this process's start to TorchTrainer.fit() (imports, the local
+    cluster's start, data checks, the MLflow run; only when the process is the `dlp train` command), fit() to rank 0
+    entering the train function (Ray Train's controller, placement group and worker processes, their imports),
+    rank 0's work outside Lightning's fit (data, model, process group, the test pass), and rank 0's return to
+    fit() returning (Ray Train's shutdown)."""
+    import mlflow
+
+    if "entered_at" not in out:
+        return
+    times = {"ray_train_start_seconds": out["entered_at"] - fit_called,
+             "worker_setup_seconds": out["returned_at"] - out["entered_at"] - out["fit_seconds"],
+             "ray_train_stop_seconds": fit_called + wall - out["returned_at"]}
+    started = _process_start() if COMMAND_PROCESS else None
+    if started is not None:
+        times["to_ray_fit_seconds"] = fit_called - started
+    mlflow.log_metrics({f"perf/launch/{k}": round(v, 3) for k, v in times.items()})
+
+
+def _process_start() -> Optional[float]:
+    """This process's start as a Unix time, from /proc (Linux; None elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], report_to_tune: bool = False):
@@ -246,6 +282,7 @@ def _best_checkpoint(result, cfg: DictConfig, run_id: str) -> tuple:
 
 def _train_worker(config: Dict[str, Any]):
     """One Ray Train worker: the driver's cfg, the latest Ray checkpoint if this is a restart, then fit()."""
+    entered = time.time()
     import ray.train
     from ray.train.lightning import (
         RayDDPStrategy,
@@ -271,7 +308,8 @@ def _train_worker(config: Dict[str, Any]):
                   strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
                   extra_callbacks=callbacks, uri=uri, prepare=prepare_trainer)
         return {"best_checkpoint": out.best_checkpoint, "best_score": out.best_score,
-                "test_metrics": out.test_metrics, "epochs": out.epochs, "fit_seconds": out.fit_seconds}
+                "test_metrics": out.test_metrics, "epochs": out.epochs, "fit_seconds": out.fit_seconds,
+                "entered_at": entered, "returned_at": time.time()}
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:

@@ -456,23 +456,26 @@ def _trial_run(parent: str, trial_id: str) -> Optional[str]:
 # ---- after the sweep ------------------------------------------------------------------------
 
 def _await_trial_workers(timeout: float = 30.0) -> None:
-    """Wait until the Ray Train actors of this sweep's trials are gone: a trial the scheduler stopped is
-    killed, and its controller and workers die after it (fate sharing, asynchronously). Until they do, a
-    stopped trial's rank 0 could still log an epoch to a run we are about to mark KILLED."""
+    """Wait until this sweep's trials have let go of the cluster: a trial the scheduler stopped is killed, and
+    its Ray Train controller and workers die after it (fate sharing) while Train's placement-group cleaner
+    removes its workers' placement group, all asynchronously. Until the workers are gone, a stopped trial's
+    rank 0 could still log an epoch to a run we are about to mark KILLED."""
     import ray
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_placement_groups
 
     job = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout
     while True:
-        alive = [a for a in list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)],
-                                        raise_on_missing_output=False)
-                 if a.class_name in ("RayTrainWorker", "TrainController")]
-        if not alive:
-            log.debug("trial workers gone after %.1fs", time.monotonic() - deadline + timeout)
+        held = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)],
+                                                  raise_on_missing_output=False)
+                if a.class_name in ("RayTrainWorker", "TrainController")]
+        held += [f"placement group {g.placement_group_id}" for g in list_placement_groups(
+            filters=[("state", "=", "CREATED")], raise_on_missing_output=False) if g.creator_job_id == job]
+        if not held:
+            log.debug("trials released the cluster after %.1fs", time.monotonic() - deadline + timeout)
             return
         if time.monotonic() > deadline:
-            log.warning("%d Ray Train actors of stopped trials still alive after %.0fs", len(alive), timeout)
+            log.warning("stopped trials still hold %s after %.0fs", ", ".join(held), timeout)
             return
         time.sleep(0.5)
 

@@ -48,6 +48,11 @@ def test_two_workers_match_one_process_and_log_each_epoch_once(two_workers, tmp_
     assert run.data.tags.get("dlp.model_uri", "").startswith("models:/")
     epoch_lines = [line for line in console.splitlines() if "epoch 3/5" in line]
     assert len(epoch_lines) == 1, console  # rank 0 only, no progress bars
+    # where the time outside training went (a test's process is not the command's: no process-start phase)
+    launch = {k: v for k, v in run.data.metrics.items() if k.startswith("perf/launch/")}
+    assert set(launch) == {f"perf/launch/{k}" for k in ("ray_train_start_seconds", "worker_setup_seconds",
+                                                        "ray_train_stop_seconds")}, launch
+    assert 0 < launch["perf/launch/ray_train_start_seconds"] < 120 and launch["perf/launch/worker_setup_seconds"] > 0
     one = fit(compose([*JOB, f"output_dir={tmp_path}"]), run_id=None)  # the same global batch and seed, 1 process
     assert abs(run.data.metrics["test/acc"] - one.test_metrics["test/acc"]) <= 0.01, \
         (run.data.metrics["test/acc"], one.test_metrics["test/acc"])

@@ -110,15 +110,15 @@ def test_a_sweep_that_cannot_fit_the_cluster_says_so():
     (2, 2, [0, 1], 2),
 ])
 def test_a_stopped_trial_counts_every_epoch_its_run_holds(store, logged, reported, expected_steps, epochs):
-    import mlflow
     import pandas as pd
     from mlflow import MlflowClient
 
-    with mlflow.start_run() as run:
-        for step in range(logged):
-            mlflow.log_metrics({"train/loss": 1.0 / (step + 1), "val/acc": 0.1 * step}, step=step)
+    client = MlflowClient(store)
+    run = client.create_run(client.create_experiment("sweep"))
+    for step in range(logged):
+        client.log_metric(run.info.run_id, "train/loss", 1.0 / (step + 1), step=step)
+        client.log_metric(run.info.run_id, "val/acc", 0.1 * step, step=step)
     frame = pd.DataFrame({"epoch": range(reported), "train/loss": [0.5] * reported, "val/acc": [0.2] * reported})
-    client = MlflowClient()
     assert tune._backfill_epochs(client, run.info.run_id, frame) == epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == expected_steps
     tune._finish_child(client, run.info.run_id, "stopped", "", epochs, "asha")
