@@ -91,12 +91,7 @@ def launch_overhead(store: list[str], uri: str, repeats: int) -> dict:
 def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, rounds: int) -> dict:
     """dlp train with 1 and then 2 workers, `rounds` times alternately (the machine's speed drifts between runs;
     alternating spreads the drift over both), efficiency from the medians over every counted epoch."""
-    import datamodules
-    from pipelines.config import compose
-
-    dm = datamodules.build(compose(WIDE).data, 42)
-    dm.setup()
-    n_train = len(dm._tensors["train"][1])
+    n_train = train_rows()
     out = {1: {"train_seconds": [], "epoch_seconds": [], "runs": []},
            2: {"train_seconds": [], "epoch_seconds": [], "runs": []}}
     for _ in range(rounds):
@@ -120,16 +115,20 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, rounds: in
             "train_rows": n_train, "rounds": rounds, "one_worker": out[1], "two_workers": out[2]}
 
 
-def per_worker_batch(steps: int) -> int:
-    """The per-worker batch that splits the training rows into `steps` nearly full global batches for 2 workers
-    (and 2 x `steps` for 1): a ragged last batch would cost a whole step's all-reduce and fixed costs for a
-    fraction of its compute, in the 2-worker run more than in the other."""
+def train_rows() -> int:
     import datamodules
     from pipelines.config import compose
 
     dm = datamodules.build(compose(WIDE).data, 42)
     dm.setup("fit")
-    return math.ceil(len(dm._tensors["train"][1]) / (2 * steps))
+    return len(dm._tensors["train"][1])
+
+
+def per_worker_batch(steps: int) -> int:
+    """The per-worker batch that splits the training rows into `steps` nearly full global batches for 2 workers
+    (and 2 x `steps` for 1): a ragged last batch would cost a whole step's all-reduce and fixed costs for a
+    fraction of its compute, in the 2-worker run more than in the other."""
+    return math.ceil(train_rows() / (2 * steps))
 
 
 def torch_ddp_reference(batch: int, steps: int = 60, rounds: int = 2) -> dict:
