@@ -99,17 +99,6 @@ def staging_dir(storage: str, output_dir: str, run_id: str) -> Path:
     return root / run_id
 
 
-def connect(log_to_driver: bool = True) -> bool:
-    """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine.
-
-    The work is in pipelines.raycluster (no torch or Lightning there, so `dlp train` can start it in a
-    background thread before its own imports); this waits for that start when there is one.
-    Args:
-        log_to_driver: stream the workers' output to this console (a sweep keeps it in Ray's session logs).
-    Returns True when this call started Ray (the caller shuts it down)."""
-    return raycluster.connect(log_to_driver)
-
-
 def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, report_to_tune: bool = False):
     """Train `cfg` in cfg.trainer.num_workers Ray Train workers; the driver's MLflow run `run_id` gets the epochs.
 
@@ -128,7 +117,7 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
     lr = cfg.optim.lr * lr_factor(cfg)
     mlflow.set_tags({"dlp.world_size": str(t.num_workers), "dlp.effective_lr": f"{lr:g}",
                      "dlp.ray_storage": f"{storage_path(cfg)}/{run_id}"})
-    started = connect()
+    started = raycluster.connect()
     try:
         fit_called = time.time()
         result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path, report_to_tune)

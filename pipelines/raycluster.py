@@ -3,7 +3,7 @@
 Kept free of torch and Lightning (it imports only `ray`) so that `dlp train trainer.num_workers>=1` can start
 the local cluster in a background thread before its own heavy imports: the cluster's start (GCS, raylet,
 dashboard: several seconds) then overlaps the imports, the data checks and the MLflow setup instead of
-following them. `pipelines.distributed` re-exports `connect`.
+following them. `dlp train` (through pipelines.distributed) and `dlp tune` connect through here.
 """
 from __future__ import annotations
 

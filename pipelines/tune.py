@@ -218,7 +218,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
     `run_tags` go on a new sweep run (`dlp pipeline` nests the sweep under its own run with them)."""
     import mlflow
 
-    from pipelines import distributed
+    from pipelines import raycluster
 
     start = time.perf_counter()
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")   # trials keep our working directory
@@ -229,7 +229,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> SweepResult:
     outer = os.environ.pop("MLFLOW_RUN_ID", None)
     parent, path = _find_unfinished(sweep, experiment.experiment_id)
     parent = parent or outer
-    started = distributed.connect(log_to_driver=False)  # trials' Ray logs stay in Ray's session dir; the table shows
+    started = raycluster.connect(log_to_driver=False)  # trials' Ray logs stay in Ray's session dir; the table shows
     try:
         import ray
 
