@@ -363,7 +363,7 @@ def _tuner(sweep: Sweep, parent: str, path: Path, uri: str):
         trainable, param_space=tune_space(s.space, s.search, sweep.encoded),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=_searcher(sweep),
                                     scheduler=_scheduler(sweep), num_samples=1 if s.search == "grid" else s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent_trials),
+                                    max_concurrent_trials=s.max_concurrent_trials if s.search == "optuna" else None),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                   callbacks=[TrialTable(sweep.metric, list(s.space), sweep.cfg.trainer.max_epochs)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
@@ -391,7 +391,9 @@ def _searcher(sweep: Sweep):
     if s.search != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=s.seed)
+        # a SearchGenerator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it (with a warning)
+        # and would start every grid point's trial at once, so the generator itself holds the limit
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 

@@ -99,3 +99,16 @@ def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
     preds = mlflow.pyfunc.load_model("models:/digits_cnn@challenger").predict(pd.DataFrame(rows))
     accuracy = float(np.mean(preds["prediction"].astype(str).to_numpy() == np.asarray(labels).astype(str)))
     assert accuracy == pytest.approx(best_run.data.metrics["test/acc"], abs=1e-6)
+
+
+def test_random_search_runs_no_more_trials_at_once_than_allowed(ray_cluster, tmp_path):
+    """Grid and random search go through Ray's BasicVariantGenerator, for which Tune ignores
+    TuneConfig.max_concurrent_trials: the limit must hold anyway (here 1, so the trials' runs never overlap)."""
+    uri, code, out = dlp_in_new_store(tmp_path, "tune", "experiment=digits_cnn", "tune=digits_asha", "tune.search=random",
+                                      "tune.scheduler=fifo", "tune.num_samples=2", "tune.max_concurrent_trials=1",
+                                      "trainer.max_epochs=1", "trainer.limit_train_batches=2", "mlflow.log_model=false")
+    assert code == 0, out
+    parent = next(r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags)
+    children = sorted(_children(uri, parent), key=lambda c: c.info.start_time)
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert children[1].info.start_time >= children[0].info.end_time, "the two trials ran at the same time"
