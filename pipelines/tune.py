@@ -397,10 +397,14 @@ def _searcher(sweep: Sweep):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from pipelines.search import DistinctConfigs
+
     # TPE models the good and bad trials once a few exist; Optuna's default of 10 random ones first
     # would leave a small sweep purely random
     startup = max(2, min(10, s.num_samples // 3))
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup))
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup))
+    # over a space of choices only, TPE re-proposes configs it has tried; seeded training makes a repeat pure waste
+    return DistinctConfigs(searcher, seed=s.seed)
 
 
 def _scheduler(sweep: Sweep):
