@@ -8,11 +8,13 @@ sweep's best validation and test accuracy and its trial-epochs (epochs trained, 
 checks the target: TPE + ASHA within 0.5 accuracy points of the grid's best while spending <= 35 % of the
 grid's trial-epochs. TPE + ASHA runs with several seeds (--seeds): its outcome depends on the seed and on the
 order in which concurrent trials reach ASHA's rungs, so one sweep is a sample, and the target is judged on the
-median. Writes benchmarks/results/tune_efficiency.json.
+median. Writes benchmarks/results/tune_efficiency.json, and the grid's learning curves (every config's
+validation accuracy per epoch) to benchmarks/results/tune_grid_curves.json for benchmarks/tune_sim.py.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -22,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omegaconf import OmegaConf
 
 from benchmarks import common
 
@@ -52,9 +56,31 @@ def dlp_tune(args: list[str], store: list[str]) -> dict:
             "overrides": [*BASE, *args]}
 
 
+def grid_curves(run_id: str) -> dict:
+    """Every grid trial's params (as Ray Tune sees them), validation accuracy per epoch, epoch and start-up time."""
+    from mlflow import MlflowClient
+
+    from pipelines import tune
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(run_id)
+    sweep = tune.prepare([*BASE, *SWEEPS["grid"]])
+    trials = []
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`{tune.SWEEP_TAG}` = '{run_id}'"):
+        params = json.loads(child.data.tags["dlp.trial_params"])
+        history = sorted(client.get_metric_history(child.info.run_id, "val/acc"), key=lambda m: m.step)
+        epoch = (history[-1].timestamp - history[0].timestamp) / 1000 / max(1, len(history) - 1)
+        trials.append({"params": {k: json.dumps(v) if k in sweep.encoded else v for k, v in params.items()},
+                       "val": [m.value for m in history], "epoch_seconds": epoch,
+                       "start_seconds": (history[0].timestamp - child.info.start_time) / 1000 - epoch})
+    return {"sweep_run_id": run_id, "max_epochs": sweep.cfg.trainer.max_epochs, "encoded": sweep.encoded,
+            "space": OmegaConf.to_container(sweep.spec.space), "trials": trials}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=8, help="TPE + ASHA trials per sweep")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="TPE + ASHA trials per sweep (default: tune.num_samples of conf/tune/digits_space.yaml)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="TPE + ASHA sweeps, with tune.seed 0..N-1 (its outcome depends on the seed and on the "
                              "order trials reach ASHA's rungs); the target is judged on the median sweep")
@@ -64,9 +90,10 @@ def main(argv=None) -> int:
     with common.temp_store() as (tmp, store):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         out["grid"] = dlp_tune(SWEEPS["grid"], store)
+        common.save_json("tune_grid_curves.json", grid_curves(out["grid"]["run_id"]))
         for seed in range(args.seeds):
-            out[f"tpe_asha_seed{seed}"] = dlp_tune([*SWEEPS["tpe_asha"], f"tune.num_samples={args.samples}",
-                                                    f"tune.seed={seed}"], store)
+            samples = [f"tune.num_samples={args.samples}"] if args.samples else []
+            out[f"tpe_asha_seed{seed}"] = dlp_tune([*SWEEPS["tpe_asha"], *samples, f"tune.seed={seed}"], store)
     grid = out["grid"]
     smart = {name: r for name, r in out.items() if name != "grid"}
     for r in smart.values():
