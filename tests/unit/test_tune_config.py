@@ -125,3 +125,11 @@ def test_a_stopped_trial_counts_every_epoch_its_run_holds(store, logged, reporte
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["dlp.trial_status"] == f"stopped by asha after epoch {epochs}"
+
+
+def test_a_tpe_budget_beyond_a_finite_space_is_announced(conf_dir, caplog):
+    conf_dir("two", SPACE_HEAD.format(search="optuna").replace("num_samples: 2", "num_samples: 5")
+             + "  model.dropout: {choice: [0.0, 0.3]}\n")
+    with caplog.at_level("WARNING", logger="dlp"):
+        tune.prepare(["experiment=digits_cnn", "tune=two"])
+    assert "the space has 2 configs and TPE tries each once: 2 trials, not num_samples=5" in caplog.text
