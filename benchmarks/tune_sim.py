@@ -9,7 +9,7 @@ Training is seeded and single-threaded, so a config trains to the same curve in 
 sweep then does depends only on which configs it proposes and the order its trials reach ASHA's rungs. This
 script replays that with the real parts -- Ray's OptunaSearch (Optuna's TPESampler, same startup rule as
 `dlp tune`) and Ray's ASHA bracket -- over a simulated clock with `max_concurrent_trials` slots, each trial
-costing a start-up time plus its measured epoch times. Many seeds take seconds instead of hours, so settings
+costing the start-up and epoch times the grid measured. Many seeds take seconds instead of hours, so settings
 can be compared on a distribution rather than on one or three lucky sweeps; benchmarks/tune_efficiency.py
 remains the measurement that counts (the real `dlp tune`, end to end).
 """
@@ -37,7 +37,8 @@ class _Trial:  # what Ray's _Bracket reads from a trial
         self.trial_id = trial_id
 
 
-def simulate(grid: dict, args: list[str], seed: int, start_seconds: float, distinct: bool = True) -> dict:
+def simulate(grid: dict, args: list[str], seed: int, start_seconds: float | None = None,
+             distinct: bool = True) -> dict:
     """One TPE + ASHA sweep of `dlp tune experiment=digits_cnn tune=digits_space <args> tune.seed=<seed>` over
     the recorded curves (the searcher and ASHA's rungs built as `dlp tune` builds them); its best completed
     trial and its trial-epochs."""
@@ -72,7 +73,8 @@ def simulate(grid: dict, args: list[str], seed: int, start_seconds: float, disti
                             "epochs": 0, "status": "running"}
         started += 1
         order += 1
-        heapq.heappush(events, (now + start_seconds + recorded["epoch_seconds"], order, trial_id, 1))
+        start_up = recorded["start_seconds"] if start_seconds is None else start_seconds
+        heapq.heappush(events, (now + start_up + recorded["epoch_seconds"], order, trial_id, 1))
 
     for _ in range(min(slots, samples)):
         start(clock)
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
                                                      "e.g. tune.num_samples=8 tune.grace_period=1")
     parser.add_argument("--curves", type=Path, default=CURVES)
     parser.add_argument("--seeds", type=int, default=50, help="sweeps, with tune.seed 0..N-1")
-    parser.add_argument("--start-seconds", type=float, default=20.0, help="a trial's start-up before its first epoch")
+    parser.add_argument("--start-seconds", type=float, default=None,
+                        help="a trial's start-up before its first epoch (default: as the grid's trial measured)")
     parser.add_argument("--repeats", action="store_true", help="let TPE propose a config again (no DistinctConfigs)")
     parser.add_argument("--verbose", action="store_true", help="one line per simulated sweep")
     args = parser.parse_args(argv)

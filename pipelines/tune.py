@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -125,22 +126,15 @@ def prepare(args: List[str]) -> Sweep:
     metric, mode = spec.metric or cfg.monitor.metric, spec.mode or cfg.monitor.mode
     _check_metric(cfg, metric, mode)
     encoded = _check_space(cfg, spec)
-    size = _configs(spec.space)
-    if spec.search == "optuna" and size and spec.num_samples > size:
-        log.warning("tune: the space has %d configs and TPE tries each once: %d trials, not num_samples=%d",
-                    size, size, spec.num_samples)
+    if spec.search == "optuna":
+        from pipelines.search import finite_choices
+
+        choices = finite_choices(tune_space(spec.space, spec.search, encoded))
+        size = math.prod(len(values) for values in choices.values()) if choices else 0
+        if size and spec.num_samples > size:
+            log.warning("tune: the space has %d configs and TPE tries each once: %d trials, not num_samples=%d",
+                        size, size, spec.num_samples)
     return Sweep(name, spec, cfg, overrides, resume, metric, mode, encoded)
-
-
-def _configs(space: DictConfig) -> Optional[int]:
-    """How many configs a space of choices holds (None when any key is a range)."""
-    size = 1
-    for dist in space.values():
-        kind, values = next(iter(dist.items()))
-        if kind not in ("choice", "grid"):
-            return None
-        size *= len(values)
-    return size
 
 
 def available() -> List[str]:
