@@ -113,19 +113,22 @@ FLOOR_PARTS = [("cluster", "start a local Ray cluster (GCS, raylet, dashboard an
                ("train_actors", "TorchTrainer.fit of a train function that does nothing, 1 worker, on a running cluster")]
 
 
+def run_part(call: str) -> dict:
+    """Run `call` (a function of this script, with its arguments) in a fresh interpreter and return the JSON
+    object it prints last: a measurement that must not share this process's imports or Ray session."""
+    code = f"import sys; sys.path.insert(0, {str(common.ROOT)!r}); import benchmarks.scaling as s; s.{call}"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=common.ROOT)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{call} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def launch_floor() -> dict:
     """What the launch's unavoidable parts cost this machine, measured alone: busy CPU seconds (every process) and
     wall time of each. Their CPU seconds over the cores is the least wall time they need even if perfectly
     overlapped; dlp's own work (its imports, config, data checks, MLflow) comes on top."""
-    parts = {}
-    for part, _ in FLOOR_PARTS:
-        code = f"import sys; sys.path.insert(0, {str(common.ROOT)!r}); from benchmarks.scaling import _floor_part; " \
-               f"_floor_part({part!r})"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=common.ROOT)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-        if proc.returncode != 0 or not line:
-            raise RuntimeError(f"launch floor part {part} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        parts[part] = json.loads(line[-1])
+    parts = {part: run_part(f"_floor_part({part!r})") for part, _ in FLOOR_PARTS}
     busy = sum(p["busy_cpu_seconds"] for p in parts.values())
     cores = os.cpu_count() or 1
     print(common.table(["unavoidable part, alone", "busy CPU s", "wall s"],
@@ -148,7 +151,6 @@ def _settled(quiet_share: float = 0.1, window: float = 1.0, limit: float = 30.0)
 
 def _floor_part(part: str) -> None:
     """Run one FLOOR_PARTS measurement in this (fresh) interpreter; print {"busy_cpu_seconds", "wall_seconds"}."""
-    import json as _json
     import logging
 
     if part == "worker_imports":
@@ -157,6 +159,7 @@ def _floor_part(part: str) -> None:
         busy, start = busy_cpu_seconds(), time.perf_counter()
         import lightning.pytorch  # noqa: F401
         import ray.train.lightning  # noqa: F401
+        measured = {"busy_cpu_seconds": busy_cpu_seconds() - busy, "wall_seconds": time.perf_counter() - start}
     else:
         import ray
 
@@ -166,7 +169,7 @@ def _floor_part(part: str) -> None:
         busy, start = busy_cpu_seconds(), time.perf_counter()
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
         _settled()
-        if part == "train_actors":
+        if part == "train_actors":  # count only the fit, on the settled cluster
             from ray.train import RunConfig, ScalingConfig
             from ray.train.torch import TorchTrainer
 
@@ -174,18 +177,19 @@ def _floor_part(part: str) -> None:
                 busy, start = busy_cpu_seconds(), time.perf_counter()
                 TorchTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=1),
                              run_config=RunConfig(storage_path=storage)).fit()
-            print(_json.dumps({"busy_cpu_seconds": busy_cpu_seconds() - busy,
-                               "wall_seconds": time.perf_counter() - start}), flush=True)
+                measured = {"busy_cpu_seconds": busy_cpu_seconds() - busy, "wall_seconds": time.perf_counter() - start}
             ray.shutdown()
-            return
-        ray.shutdown()
-    print(_json.dumps({"busy_cpu_seconds": busy_cpu_seconds() - busy, "wall_seconds": time.perf_counter() - start}))
+        else:  # the cluster's start and stop
+            ray.shutdown()
+            measured = {"busy_cpu_seconds": busy_cpu_seconds() - busy, "wall_seconds": time.perf_counter() - start}
+    print(json.dumps(measured), flush=True)
 
 
 def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int, rounds: int) -> dict:
-    """Per round: the bare torch DDP ceiling (1 then 2 processes), then dlp train with 1 and then 2 workers. The
-    machine's speed drifts between runs, so rounds alternate everything and each round's dlp efficiency is also
-    compared with the ceiling measured minutes before it (`of_reference`: the median of the paired ratios)."""
+    """Per round: the bare torch DDP ceiling (1 then 2 processes), the same loop in Ray Train workers, then dlp
+    train with 1 and then 2 workers. The machine's speed drifts between runs, so rounds alternate everything and
+    each round's dlp efficiency is also compared with the ceiling measured minutes before it (`of_reference`:
+    the median of the paired ratios)."""
     out = {1: {"train_seconds": [], "epoch_seconds": [], "runs": []},
            2: {"train_seconds": [], "epoch_seconds": [], "runs": []}}
     reference = {1: [], 2: []}
@@ -329,13 +333,7 @@ def ray_ddp_reference(batch: int, steps: int = REFERENCE_STEPS) -> dict:
     """The same bare torch DDP loop, run inside Ray Train workers (TorchTrainer, 1 and then 2 workers, on a local
     cluster started as `dlp train` starts it): what Ray's worker processes cost before any Lightning or dlp code.
     Returns {workers: seconds per step}."""
-    code = (f"import sys; sys.path.insert(0, {str(common.ROOT)!r}); from benchmarks.scaling import _ray_ddp_part; "
-            f"_ray_ddp_part({batch}, {steps})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=common.ROOT)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode != 0 or not line:
-        raise RuntimeError(f"DDP reference in Ray Train workers failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    times = {int(w): t for w, t in json.loads(line[-1]).items()}
+    times = {int(w): t for w, t in run_part(f"_ray_ddp_part({batch}, {steps})").items()}
     print(f"[scaling] the same in Ray Train workers: {times[1] * 1000:.0f} ms/step alone, {times[2] * 1000:.0f} ms/step "
           f"with 2 workers -> efficiency {times[1] / times[2]:.2f}", flush=True)
     return times
@@ -376,7 +374,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="launch-overhead runs (median reported)")
     parser.add_argument("--epochs", type=int, default=8, help="weak-scaling epochs per run (the first is not counted)")
-    parser.add_argument("--rounds", type=int, default=3, help="weak-scaling rounds (ceiling, 1 worker, 2 workers)")
+    parser.add_argument("--rounds", type=int, default=3, help="weak-scaling rounds (ceiling, ceiling in Ray, 1 worker, 2 workers)")
     parser.add_argument("--steps", type=int, default=3,
                         help="training steps per worker per epoch, in both runs; sets the per-worker batch")
     parser.add_argument("--batch", type=int, default=None, help="per-worker batch size (overrides --steps)")
