@@ -151,8 +151,6 @@ def _settled(quiet_share: float = 0.1, window: float = 1.0, limit: float = 30.0)
 
 def _floor_part(part: str) -> None:
     """Run one FLOOR_PARTS measurement in this (fresh) interpreter; print {"busy_cpu_seconds", "wall_seconds"}."""
-    import logging
-
     if part == "worker_imports":
         import torch  # noqa: F401  (not counted: train_actors' worker imports it for its process group)
 
@@ -165,9 +163,8 @@ def _floor_part(part: str) -> None:
 
         from pipelines import raycluster
 
-        raycluster.train_env(local=True)  # the Ray Train settings dlp runs with
         busy, start = busy_cpu_seconds(), time.perf_counter()
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+        raycluster.connect()  # as `dlp train` starts its cluster, with the Ray Train settings it runs with
         _settled()
         if part == "train_actors":  # count only the fit, on the settled cluster
             from ray.train import RunConfig, ScalingConfig
@@ -246,10 +243,11 @@ def train_rows() -> int:
     return len(dm._tensors["train"][1])
 
 
-def per_worker_batch(steps: int) -> int:
-    """The largest per-worker batch for which 2 workers' `steps` steps per epoch are all full batches (a ragged
-    last batch would cost a whole step's all-reduce and fixed costs for a fraction of its compute)."""
-    return train_rows() // (2 * steps)
+def per_worker_batch(steps: int, rows: int) -> int:
+    """The largest per-worker batch for which 2 workers' `steps` steps per epoch over `rows` training rows are all
+    full batches (a ragged last batch would cost a whole step's all-reduce and fixed costs for a fraction of its
+    compute)."""
+    return rows // (2 * steps)
 
 
 REFERENCE_STEPS = 60
@@ -340,7 +338,6 @@ def ray_ddp_reference(batch: int, steps: int = REFERENCE_STEPS) -> dict:
 
 
 def _ray_ddp_part(batch: int, steps: int) -> None:
-    import logging
 
     import ray
     import ray.train
@@ -357,8 +354,7 @@ def _ray_ddp_part(batch: int, steps: int) -> None:
 
         return _bare_ddp_loop(ray.train.get_context().get_world_rank(), config["batch"], config["steps"])
 
-    raycluster.train_env(local=True)
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    raycluster.connect(log_to_driver=False)
     times = {}
     with tempfile.TemporaryDirectory(prefix="dlp-ray-ddp-") as storage:
         for workers in (1, 2):
@@ -382,9 +378,10 @@ def main(argv=None) -> int:
     machine = common.machine_info()
     import torch
 
-    batch = args.batch or per_worker_batch(args.steps)
-    if 2 * args.steps * batch > train_rows():
-        parser.error(f"--batch {batch} x --steps {args.steps} x 2 workers exceeds the {train_rows()} training rows")
+    rows = train_rows()
+    batch = args.batch or per_worker_batch(args.steps, rows)
+    if 2 * args.steps * batch > rows:
+        parser.error(f"--batch {batch} x --steps {args.steps} x 2 workers exceeds the {rows} training rows")
     with common.temp_store() as (tmp, store):
         uri = f"sqlite:///{tmp}/mlflow.db"
         launch = launch_overhead(store, uri, args.repeats)
