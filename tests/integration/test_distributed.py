@@ -134,3 +134,45 @@ def test_bf16_mixed_precision_trains_across_two_workers(ray_cluster, store, caps
     assert run.data.params["trainer.precision"] == "bf16-mixed" and run.data.tags["dlp.world_size"] == "2"
     assert run.data.metrics["test/acc"] >= 0.9
     assert _steps(store, run.info.run_id) == [0, 1, 2]
+
+
+LOCAL_CLUSTER_PROBE = """
+import json, time, urllib.error, urllib.request
+from pipelines import raycluster
+assert raycluster.connect()
+import ray
+from ray.util.state import list_workers
+url = ray._private.worker.global_worker.node.webui_url
+time.sleep(3)  # the raylet would prestart its task workers as the driver registers
+try:
+    urllib.request.urlopen(f"http://{url}/api/version", timeout=10)
+    anonymous = 200
+except urllib.error.HTTPError as e:
+    anonymous = e.code
+port = int(url.rsplit(":", 1)[1])
+listening = []
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    local, state = line.split()[1], line.split()[3]
+    if state == "0A" and int(local.split(":")[1], 16) == port:
+        listening.append(".".join(str(int(local[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+print(json.dumps({"workers": sorted(w.worker_type for w in list_workers(filters=[("is_alive", "=", True)])),
+                  "anonymous": anonymous, "listening": listening}))
+ray.shutdown()
+"""
+
+
+def test_the_local_cluster_binds_to_localhost_needs_a_token_and_idles_lean(tmp_path):
+    """The cluster `dlp train` starts without RAY_ADDRESS: its dashboard listens on 127.0.0.1 only, refuses a
+    request without Ray's token, and holds no prestarted task workers (Train and Tune run actors only)."""
+    import json
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER_PROBE], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["listening"] == ["127.0.0.1"], seen
+    assert seen["anonymous"] == 401, seen
+    assert seen["workers"] == ["DRIVER"], seen
