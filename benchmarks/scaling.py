@@ -9,7 +9,8 @@
   Beside it, the launch's floor on this machine: the busy CPU seconds (all processes, /proc/stat) of
   the parts no arrangement of dlp's code avoids, each measured alone (a local Ray cluster's start and
   stop, the Lightning imports a Train worker needs, TorchTrainer.fit of a function that does nothing),
-  divided by the cores.
+  divided by the cores; and the same launch joining a cluster already up (`ray start --head` here,
+  RAY_ADDRESS set), the setup that takes the cluster's start off every command.
 - weak scaling: 2 workers x 1 thread against 1 worker x 1 thread on a CNN wide enough to be
   compute-bound (two blocks of 2 x 128-channel 3x3 convolutions on the 8x8 digits and a linear head
   after the 2x2 average pool: ~0.45 M parameters to all-reduce per step against ~200 ms of one-thread
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,13 +62,13 @@ def busy_cpu_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
 
 
-def dlp_train(args: list[str], store: list[str]) -> dict:
-    """Run `dlp train` in a fresh interpreter; its wall time, the fit time it reports, and the CPU seconds the
-    machine was busy meanwhile (its Ray processes included)."""
+def dlp_train(args: list[str], store: list[str], env: Optional[dict] = None) -> dict:
+    """Run `dlp train` in a fresh interpreter (with `env` added to this one's); its wall time, the fit time it
+    reports, and the CPU seconds the machine was busy meanwhile (its Ray processes included)."""
     busy = busy_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", *args, *store],
-                          capture_output=True, text=True, cwd=common.ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          capture_output=True, text=True, cwd=common.ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     wall = time.perf_counter() - start
     busy = busy_cpu_seconds() - busy
     match = SUMMARY.search(proc.stdout)
@@ -106,6 +108,23 @@ def launch_overhead(store: list[str], uri: str, repeats: int) -> dict:
     print(common.table(["launch phase (median)", "seconds"], [[why, f"{phases[k]:.1f}"] for k, why in PHASES]))
     return {"median_overhead_seconds": statistics.median(overhead), "target_seconds": 10.0,
             "median_phases_seconds": phases, "runs": runs, "overrides": [*LAUNCH, "trainer.num_workers=1"]}
+
+
+def launch_on_running_cluster(store: list[str], repeats: int) -> dict:
+    """The same launch joining a cluster that is already up (`ray start --head` on this machine, its CPUs, token
+    auth on; RAY_ADDRESS set, as a user with a long-lived cluster runs it): the cluster's start and stop leave
+    the command. Ray's defaults apply there (dlp trims Train's extras only on the cluster it starts itself)."""
+    from tests.raynodes import running_cluster
+
+    with running_cluster(nodes=1, cpus=os.cpu_count() or 1) as cluster:
+        _settled()
+        env = {"RAY_ADDRESS": cluster.gcs, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
+        runs = [dlp_train([*LAUNCH, "trainer.num_workers=1"], store, env) for _ in range(repeats)]
+    overhead = [r["wall_seconds"] - r["fit_seconds"] for r in runs]
+    for r, o in zip(runs, overhead):
+        print(f"[scaling] launch on a running cluster: wall {r['wall_seconds']:.1f}s  fit {r['fit_seconds']:.1f}s  "
+              f"overhead {o:.1f}s", flush=True)
+    return {"median_overhead_seconds": statistics.median(overhead), "runs": runs}
 
 
 FLOOR_PARTS = [("cluster", "start a local Ray cluster (GCS, raylet, dashboard and its modules, agents), let it settle, stop it"),
@@ -386,6 +405,7 @@ def main(argv=None) -> int:
         uri = f"sqlite:///{tmp}/mlflow.db"
         launch = launch_overhead(store, uri, args.repeats)
         launch["floor"] = launch_floor()
+        launch["on_running_cluster"] = launch_on_running_cluster(store, args.repeats)
         weak = weak_scaling(store, uri, args.epochs, batch, args.steps, args.rounds)
     reference = weak["torch_ddp_reference"]
     gpu = ({"measured": False, "why": "no CUDA device on this machine"} if not torch.cuda.is_available()
@@ -394,6 +414,9 @@ def main(argv=None) -> int:
     print(common.table(["measure", "value", "target", "met"], [
         ["launch overhead (1 worker, 1 epoch)", f"{launch['median_overhead_seconds']:.1f} s", "<= 10 s",
          "yes" if launch["median_overhead_seconds"] <= 10 else "NO"],
+        ["  its floor: the unavoidable parts' busy CPU over the cores", f"{launch['floor']['floor_seconds']:.1f} s", "", ""],
+        ["  the same launch joining a running cluster (RAY_ADDRESS)",
+         f"{launch['on_running_cluster']['median_overhead_seconds']:.1f} s", "", ""],
         [f"weak-scaling efficiency (2 vs 1 worker, {batch} per worker), training batches",
          f"{weak['efficiency']:.2f}", ">= 0.85", "yes" if weak["efficiency"] >= 0.85 else "NO"],
         ["  the same over whole epochs (validation, checkpoint commit)", f"{weak['efficiency_whole_epoch']:.2f}", "", ""],
