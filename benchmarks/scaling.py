@@ -25,8 +25,8 @@
   commit included) is reported beside it, and so is the ceiling: bare torch DDP (gloo, no Ray, no
   Lightning, no data loading) stepping the same model and batch, and the same bare loop inside Ray Train
   workers (what Ray's worker processes cost before any Lightning or dlp code). Each of --rounds rounds
-  measures the ceiling, the loop in Ray, then 1 worker, then 2 (this VM's speed drifts by 10-20 %
-  between runs), and dlp's share of the ceiling is the median of the rounds' paired ratios.
+  measures the ceiling, the loop in Ray, then 1 worker and 2 workers, in turn first (this VM's speed
+  drifts by 10-20 % between runs), and dlp's share of the ceiling is the median of the rounds' paired ratios.
 - mixed precision on a GPU (32-true vs bf16-mixed samples/s) needs a GPU machine: recorded as
   not measured when none is present.
 Writes benchmarks/results/scaling.json.
@@ -211,14 +211,14 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int
     reference = {1: [], 2: []}
     in_ray = {1: [], 2: []}
     rounds_out = []
-    for _ in range(rounds):
+    for round_ in range(rounds):
         ceiling = torch_ddp_reference(batch)
         ray_ddp = ray_ddp_reference(batch)
         for w in (1, 2):
             reference[w].append(ceiling[w])
             in_ray[w].append(ray_ddp[w])
         medians = {}
-        for workers in (1, 2):
+        for workers in ((1, 2) if round_ % 2 == 0 else (2, 1)):  # alternate, so a drift in speed cancels
             args = [*WIDE, f"trainer.num_workers={workers}", f"data.batch_size={batch * workers}",
                     f"trainer.limit_train_batches={steps}", f"trainer.max_epochs={epochs}"]
             run = dlp_train(args, store)
@@ -231,8 +231,9 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int
             print(f"[scaling] {workers} worker(s), global batch {batch * workers}: training "
                   f"{medians[workers]:.2f} s/epoch, whole epoch {statistics.median(whole):.2f} s", flush=True)
         dlp, bare = medians[1] / medians[2], ceiling[1] / ceiling[2]  # equal per-worker work: t1 / t2
+        in_ray_ratio = ray_ddp[1] / ray_ddp[2]
         rounds_out.append({"efficiency": dlp, "ceiling": bare, "of_ceiling": dlp / bare,
-                           "bare_in_ray_workers": ray_ddp[1] / ray_ddp[2]})
+                           "bare_in_ray_workers": in_ray_ratio, "of_bare_in_ray_workers": dlp / in_ray_ratio})
         print(f"[scaling] round {len(rounds_out)}: dlp {dlp:.2f}, bare torch DDP {bare:.2f}, "
               f"bare torch DDP in Ray Train workers {ray_ddp[1] / ray_ddp[2]:.2f}", flush=True)
     for w in (1, 2):
@@ -250,6 +251,7 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int
             "torch_ddp_in_ray_workers": {"efficiency": statistics.median(r["bare_in_ray_workers"] for r in rounds_out),
                                          "seconds_per_step": {str(w): t for w, t in in_ray.items()}},
             "of_reference": statistics.median(r["of_ceiling"] for r in rounds_out),
+            "of_bare_in_ray_workers": statistics.median(r["of_bare_in_ray_workers"] for r in rounds_out),
             "per_round": rounds_out}
 
 
@@ -389,7 +391,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="launch-overhead runs (median reported)")
     parser.add_argument("--epochs", type=int, default=8, help="weak-scaling epochs per run (the first is not counted)")
-    parser.add_argument("--rounds", type=int, default=3, help="weak-scaling rounds (ceiling, ceiling in Ray, 1 worker, 2 workers)")
+    parser.add_argument("--rounds", type=int, default=4, help="weak-scaling rounds (ceiling, ceiling in Ray, 1 worker, 2 workers)")
     parser.add_argument("--steps", type=int, default=3,
                         help="training steps per worker per epoch, in both runs; sets the per-worker batch")
     parser.add_argument("--batch", type=int, default=None, help="per-worker batch size (overrides --steps)")
@@ -424,7 +426,9 @@ def main(argv=None) -> int:
          f"{reference['efficiency']:.2f}", "", ""],
         ["  the same bare DDP loop inside Ray Train workers (median of the rounds)",
          f"{weak['torch_ddp_in_ray_workers']['efficiency']:.2f}", "", ""],
-        ["  dlp as a share of that ceiling (median of each round's pair)", f"{weak['of_reference']:.2f}", "", ""]]))
+        ["  dlp as a share of that ceiling (median of each round's pair)", f"{weak['of_reference']:.2f}", "", ""],
+        ["  dlp as a share of the bare loop in Ray Train workers (median of each round's pair)",
+         f"{weak['of_bare_in_ray_workers']:.2f}", "", ""]]))
     path = common.save_json("scaling.json", {
         "command": " ".join(["python benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine, "load_average_1m_end": os.getloadavg()[0],  # timings are only as good as the idle
