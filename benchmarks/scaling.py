@@ -235,7 +235,7 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int
         rounds_out.append({"efficiency": dlp, "ceiling": bare, "of_ceiling": dlp / bare,
                            "bare_in_ray_workers": in_ray_ratio, "of_bare_in_ray_workers": dlp / in_ray_ratio})
         print(f"[scaling] round {len(rounds_out)}: dlp {dlp:.2f}, bare torch DDP {bare:.2f}, "
-              f"bare torch DDP in Ray Train workers {ray_ddp[1] / ray_ddp[2]:.2f}", flush=True)
+              f"bare torch DDP in Ray Train workers {in_ray_ratio:.2f}", flush=True)
     for w in (1, 2):
         images = w * steps * batch  # per epoch
         out[w]["samples_per_second"] = images / statistics.median(out[w]["train_seconds"])

@@ -152,7 +152,7 @@ except urllib.error.HTTPError as e:
 port = int(url.rsplit(":", 1)[1])
 listening = []
 for line in open("/proc/net/tcp").read().splitlines()[1:]:
-    local, state = line.split()[1], line.split()[3]
+    local, state = line.split()[1:4:2]
     if state == "0A" and int(local.split(":")[1], 16) == port:
         listening.append(".".join(str(int(local[i:i + 2], 16)) for i in (6, 4, 2, 0)))
 print(json.dumps({"workers": sorted(w.worker_type for w in list_workers(filters=[("is_alive", "=", True)])),
