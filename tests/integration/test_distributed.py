@@ -155,7 +155,8 @@ for line in open("/proc/net/tcp").read().splitlines()[1:]:
     local, state = line.split()[1:4:2]
     if state == "0A" and int(local.split(":")[1], 16) == port:
         listening.append(".".join(str(int(local[i:i + 2], 16)) for i in (6, 4, 2, 0)))
-print(json.dumps({"workers": sorted(w.worker_type for w in list_workers(filters=[("is_alive", "=", True)])),
+alive = list_workers(address=f"http://{url}", filters=[("is_alive", "=", True)])  # this cluster, not another test's
+print(json.dumps({"workers": sorted(w.worker_type for w in alive),
                   "anonymous": anonymous, "listening": listening}))
 ray.shutdown()
 """
