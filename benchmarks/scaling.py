@@ -93,17 +93,27 @@ PHASES = [("to_ray_fit_seconds", "process start -> TorchTrainer.fit (imports, lo
           ("after_fit_seconds", "the rest: outputs logged, cluster shutdown, interpreter exit")]
 
 
+def launches(store: list[str], repeats: int, label: str, env: Optional[dict] = None) -> tuple[list, list]:
+    """`repeats` tiny one-epoch 1-worker `dlp train` runs, each printed: (the runs, their overheads: wall - fit)."""
+    runs, overhead = [], []
+    for _ in range(repeats):
+        r = dlp_train([*LAUNCH, "trainer.num_workers=1"], store, env)
+        runs.append(r)
+        overhead.append(r["wall_seconds"] - r["fit_seconds"])
+        print(f"[scaling] {label}: wall {r['wall_seconds']:.1f}s  fit {r['fit_seconds']:.1f}s  "
+              f"overhead {overhead[-1]:.1f}s", flush=True)
+    return runs, overhead
+
+
 def launch_overhead(store: list[str], uri: str, repeats: int) -> dict:
     from mlflow import MlflowClient
 
-    runs = [dlp_train([*LAUNCH, "trainer.num_workers=1"], store) for _ in range(repeats)]
-    overhead = [r["wall_seconds"] - r["fit_seconds"] for r in runs]
-    for r, o in zip(runs, overhead):
+    runs, overhead = launches(store, repeats, "launch")
+    for r in runs:
         metrics = MlflowClient(uri).get_run(r["run_id"]).data.metrics
         r["phases"] = {k: metrics[f"perf/launch/{k}"] for k, _ in PHASES[:-1]}
         # the command's wall clock starts a few ms after the process (subprocess start), close enough
         r["phases"]["after_fit_seconds"] = r["wall_seconds"] - r["fit_seconds"] - sum(r["phases"].values())
-        print(f"[scaling] launch: wall {r['wall_seconds']:.1f}s  fit {r['fit_seconds']:.1f}s  overhead {o:.1f}s", flush=True)
     phases = {k: statistics.median(r["phases"][k] for r in runs) for k, _ in PHASES}
     print(common.table(["launch phase (median)", "seconds"], [[why, f"{phases[k]:.1f}"] for k, why in PHASES]))
     return {"median_overhead_seconds": statistics.median(overhead), "target_seconds": 10.0,
@@ -119,11 +129,7 @@ def launch_on_running_cluster(store: list[str], repeats: int) -> dict:
     with running_cluster(nodes=1, cpus=os.cpu_count() or 1) as cluster:
         _settled()
         env = {"RAY_ADDRESS": cluster.gcs, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
-        runs = [dlp_train([*LAUNCH, "trainer.num_workers=1"], store, env) for _ in range(repeats)]
-    overhead = [r["wall_seconds"] - r["fit_seconds"] for r in runs]
-    for r, o in zip(runs, overhead):
-        print(f"[scaling] launch on a running cluster: wall {r['wall_seconds']:.1f}s  fit {r['fit_seconds']:.1f}s  "
-              f"overhead {o:.1f}s", flush=True)
+        runs, overhead = launches(store, repeats, "launch on a running cluster", env)
     return {"median_overhead_seconds": statistics.median(overhead), "runs": runs}
 
 
@@ -274,15 +280,6 @@ def per_worker_batch(steps: int, rows: int) -> int:
 REFERENCE_STEPS = 60
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (a fixed one can be taken by Ray's processes)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torch_ddp_reference(batch: int, steps: int = REFERENCE_STEPS) -> dict:
     """The ceiling dlp's weak scaling is judged against: the same model and per-worker batch stepped by bare
     torch DistributedDataParallel over gloo (1 and then 2 processes x 1 thread, AdamW, no Ray, no Lightning, no
@@ -290,11 +287,13 @@ def torch_ddp_reference(batch: int, steps: int = REFERENCE_STEPS) -> dict:
     one core with its compute). Returns {processes: seconds per step}."""
     import torch.multiprocessing as mp
 
+    from tests.conftest import free_ports
+
     ctx = mp.get_context("spawn")
     times = {}
     for world in (1, 2):
         queue = ctx.SimpleQueue()
-        port = free_port()
+        port = free_ports()[0]  # a fixed one can be taken by Ray's processes
         procs = [ctx.Process(target=_ddp_steps, args=(rank, world, port, batch, steps, queue))
                  for rank in range(world)]
         for p in procs:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,19 @@ REPO = Path(__file__).resolve().parent.parent
 # trainer=smoke, would set its own max_epochs. One thread per process: the machine has 2 cores.
 SMOKE = ["trainer=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
          "trainer.early_stopping.patience=0", "trainer.progress_bar=false", "trainer.threads=1"]
+
+
+def free_ports(n: int = 1) -> list:
+    """n distinct TCP ports on 127.0.0.1 that nothing listens on now (bound together so they differ; the OS hands
+    out ephemeral ports, outside Ray's worker range)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,23 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import free_ports
+
 
 @dataclass
 class Cluster:
     address: str   # the head's dashboard (Ray Jobs API), http://127.0.0.1:PORT
     token: str     # its auth token (RAY_AUTH_TOKEN for a client)
     gcs: str       # its GCS, 127.0.0.1:PORT: RAY_ADDRESS for a driver (`dlp train`) that joins it
-
-
-def _free_ports(n: int) -> list:
-    # Bound together so they differ; the OS hands out ephemeral ports, outside Ray's worker range.
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _processes_under(temp_dir: Path) -> list:
@@ -83,7 +73,7 @@ def stop(temp_dir: Path, grace: float = 3.0) -> None:
 def start_cluster(temp_dir: Path, nodes: int = 2, cpus: int = 1) -> Cluster:
     """A head node and nodes - 1 worker nodes (`cpus` CPUs each, at most 2 nodes), dashboard on 127.0.0.1, token
     auth on."""
-    gcs, dash, client_server, agent_head, agent_worker = _free_ports(5)
+    gcs, dash, client_server, agent_head, agent_worker = free_ports(5)
     token = secrets.token_hex(16)
     venv_bin = str(Path(sys.executable).parent)
     # The job's `python` is the first on the cluster's PATH, as with an activated venv before `ray start`.

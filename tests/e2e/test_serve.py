@@ -3,7 +3,6 @@ with the same predictions as `dlp predict models:/<name>@champion`, from raw row
 the category encoding and scaling travel inside the pyfunc model)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-from tests.conftest import SMOKE, dlp_in_process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import SMOKE, dlp_in_process, free_ports
 
 
 def _wait_healthy(proc, url: str, timeout: float = 90.0) -> None:
@@ -57,7 +50,7 @@ def test_served_champion_matches_dlp_predict(store, tmp_path, capsys):
     expected = pd.read_csv(tmp_path / "preds.csv")
     assert len(expected) == 25 and set(expected["prediction"]) <= {"yes", "no"}
 
-    port = _free_port()
+    port = free_ports()[0]
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tabular@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

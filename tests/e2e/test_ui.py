@@ -1,24 +1,19 @@
 """`dlp ui` serves the MLflow UI on 127.0.0.1 over the same store."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_ports
 
 
 def test_ui_serves_the_store_on_loopback(store, tmp_path):
     import mlflow
 
     mlflow.set_experiment("ui-check")
-    port = _free_port()
+    port = free_ports()[0]
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port)], cwd=tmp_path,
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE, dlp_in_process
+from tests.conftest import REPO, SMOKE, dlp_in_process, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -90,12 +89,6 @@ def chromium() -> str:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         pytest.skip(f"`apt-get install -y chromium` failed (exit {proc.returncode}): {' | '.join(tail)}")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(proc, url: str, log: Path, timeout: float = 180.0) -> None:
@@ -181,7 +174,7 @@ def test_ui_pages_render_in_headless_chromium(store, tmp_path, capsys, chromium)
     assert client.get_registered_model(MODEL).aliases.get("champion") is not None
 
     # --- dlp ui on loopback ---------------------------------------------------------------------------------
-    port = _free_port()
+    port = free_ports()[0]
     # the server's log goes to a file: a pipe nobody reads would fill up with request lines and stall it
     log = tmp_path / "ui.log"
     with open(log, "w") as sink:
