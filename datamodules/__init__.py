@@ -1,10 +1,11 @@
 """Datamodules: `build(cfg.data, seed)` returns the LightningDataModule for `data.kind`.
 
-pipelines.train calls build(), then setup(), and hands `dm.spec` to models.build.
+pipelines.training's fit() calls build(), then setup(), and hands `dm.spec` to models.build.
 """
 from __future__ import annotations
 
-from .base import BaseDataModule, BatchLoader, DataError, DataSpec
+from .base import BaseDataModule, BatchLoader, DataSpec
+from .errors import DataError
 
 __all__ = ["build", "BaseDataModule", "BatchLoader", "DataError", "DataSpec"]
 

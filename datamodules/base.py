@@ -1,4 +1,4 @@
-"""Pieces every datamodule shares: the user-facing DataError, the DataSpec handed to models.build,
+"""Pieces every datamodule shares: the DataSpec handed to models.build,
 seeded (stratified) splits, the batch-at-a-time BatchLoader and the BaseDataModule that ties them
 together (setup once, loaders, fingerprint, raw rows for MLflow input examples and `dlp predict`).
 """
@@ -16,15 +16,10 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from pipelines.errors import UserError
-
 from . import preprocess
+from .errors import DataError
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(UserError):
-    """A data problem the user can fix; the message is one line naming the culprit and the fix."""
 
 
 @dataclass
@@ -197,6 +192,9 @@ class BaseDataModule(L.LightningDataModule):
         self._tensors: dict = {}
         self._sample_weights: Optional[torch.Tensor] = None
         self._hash: Optional[str] = None
+        # the epoch the training loader's shuffle count starts at: a resumed run sets it to the next epoch, so
+        # the order continues as the uninterrupted run's (Lightning makes the first iterator before any hook runs)
+        self.first_epoch = 0
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -238,8 +236,10 @@ class BaseDataModule(L.LightningDataModule):
         n, bs = math.ceil(len(x) / world), max(1, self.cfg.batch_size // world)
         # a final batch of one sample breaks BatchNorm in training mode
         drop_last = n > bs and n % bs == 1
-        return BatchLoader((x, y), self.cfg.batch_size, shuffle=True, seed=self.seed, drop_last=drop_last,
-                           transform=self._train_transform(), sample_weights=self._sample_weights)
+        loader = BatchLoader((x, y), self.cfg.batch_size, shuffle=True, seed=self.seed, drop_last=drop_last,
+                             transform=self._train_transform(), sample_weights=self._sample_weights)
+        loader.set_epoch(self.first_epoch)
+        return loader
 
     def val_dataloader(self) -> BatchLoader:
         return self._eval_loader("val")

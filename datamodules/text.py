@@ -265,8 +265,10 @@ class TextDataModule(BaseDataModule):
     # -- loaders: trimmed batches, bucketed training order --
     def train_dataloader(self) -> TextLoader:
         plain = super().train_dataloader()   # decides drop_last and oversampling
-        return TextLoader(plain.tensors, plain.batch_size, shuffle=True, seed=plain.seed, drop_last=plain.drop_last,
-                          sample_weights=plain.sample_weights, bucket=bool(self.cfg.bucket))
+        loader = TextLoader(plain.tensors, plain.batch_size, shuffle=True, seed=plain.seed, drop_last=plain.drop_last,
+                            sample_weights=plain.sample_weights, bucket=bool(self.cfg.bucket))
+        loader.set_epoch(plain.epoch)
+        return loader
 
     def _eval_loader(self, split: str) -> TextLoader:
         self.setup()

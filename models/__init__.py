@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from models.base import Spec, TaskModule, metric_names
+from models.base import Spec, TaskModule
+from models.metrics import metric_names
 
 # model.name -> "module:LightningModule class"; imported on first use so `dlp config` stays fast
 FAMILIES: dict[str, str] = {"mlp": "models.mlp:MLPModule", "cnn": "models.cnn:CNNModule",

@@ -7,7 +7,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_weights, make_activation, make_norm, output_size, sequential
+from models.base import Spec, TaskModule
+from models.layers import init_weights, make_activation, make_norm, output_size, sequential
 from models.mlp import MLP
 
 POOLED = 2  # feature maps end as POOLED x POOLED: keeps coarse layout (top/bottom strokes on 8x8 digits)

@@ -7,7 +7,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_recurrent, naive_forecast, output_size
+from models.base import Spec, TaskModule
+from models.layers import init_recurrent, naive_forecast, output_size
 from models.mlp import MLP
 from models.rnn_classifier import CELLS
 

@@ -8,7 +8,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_weights, make_activation, make_norm, output_size, sequential
+from models.base import Spec, TaskModule
+from models.layers import init_weights, make_activation, make_norm, output_size, sequential
 
 
 class MLP(nn.Module):

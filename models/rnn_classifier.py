@@ -5,7 +5,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_recurrent, init_weights, output_size, pool_positions, real_lengths
+from models.base import Spec, TaskModule
+from models.layers import init_recurrent, init_weights, output_size, pool_positions, real_lengths
 from models.embeddings import setup_embedding
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}

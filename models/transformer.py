@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from models.base import Spec, TaskModule, init_weights, naive_forecast, output_size, pool_positions, real_lengths
+from models.base import Spec, TaskModule
+from models.layers import init_weights, naive_forecast, output_size, pool_positions, real_lengths
 from models.embeddings import setup_embedding
-from pipelines.errors import UserError
+from models.errors import ModelError
 
 
 def sinusoidal_table(positions: int, d_model: int) -> torch.Tensor:
@@ -57,10 +58,10 @@ class TransformerEncoderNet(nn.Module):
         self.horizon, self.season = out_features, season
         self.patch = 1 if self.text else max(1, int(patch))
         if self.patch > int(input_shape[0]):
-            raise UserError(f"model.patch={patch} is longer than the {input_shape[0]} input steps; lower it")
+            raise ModelError(f"model.patch={patch} is longer than the {input_shape[0]} input steps; lower it")
         positions = int(input_shape[0]) // self.patch + (pooling == "cls")
         if positions > max_length:
-            raise UserError(f"model.max_length={max_length} is shorter than the data's {positions} positions "
+            raise ModelError(f"model.max_length={max_length} is shorter than the data's {positions} positions "
                             f"({int(input_shape[0]) // self.patch} tokens{' + CLS' if pooling == 'cls' else ''}); "
                             f"set model.max_length={positions}")
         if self.text:
@@ -121,7 +122,7 @@ class TransformerModule(TaskModule):
             raise ValueError(f"model=transformer needs token ids or time-series windows; the data has "
                              f"input_shape {tuple(spec.input_shape)}")
         if vocab_size == 0 and m.embedding_path:
-            raise UserError("model.embedding_path is for text data and this data has no vocabulary; "
+            raise ModelError("model.embedding_path is for text data and this data has no vocabulary; "
                             "set model.embedding_path=null")
         net = TransformerEncoderNet(tuple(spec.input_shape), output_size(spec), vocab_size,
                                     int(getattr(spec, "pad_index", 0) or 0), m.d_model, m.nhead, m.num_layers,

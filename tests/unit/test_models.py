@@ -15,10 +15,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import models
-from models.base import make_activation, make_metrics
+from models.layers import make_activation
+from models.metrics import make_metrics
 from models.cnn import CNN, CNNModule
 from models.mlp import MLP, MLPModule
-from pipelines.schema import CHOICES, CNNConfig, MLPConfig, RootConfig
+from pipelines.config.model_schema import CNNConfig, MLPConfig
+from pipelines.config.schema import CHOICES, RootConfig
 
 
 @dataclass

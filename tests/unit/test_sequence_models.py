@@ -19,8 +19,9 @@ from models.embeddings import load_pretrained
 from models.forecaster import Forecaster, ForecasterModule
 from models.rnn_classifier import RNNClassifier, RNNClassifierModule
 from models.transformer import TransformerEncoderNet, TransformerModule
-from pipelines.errors import UserError
-from pipelines.schema import CHOICES, ForecasterConfig, RNNClassifierConfig, RootConfig, TransformerConfig
+from models.errors import ModelError as UserError
+from pipelines.config.model_schema import ForecasterConfig, RNNClassifierConfig, TransformerConfig
+from pipelines.config.schema import CHOICES, RootConfig
 
 torch.set_num_threads(1)
 
@@ -238,7 +239,7 @@ EXPORTS = {
 
 @pytest.mark.parametrize("name", list(EXPORTS))
 def test_export_with_dynamic_batch_matches_eager(name):
-    """As pipelines.tracking.log_model exports: batch dynamic, sequence length fixed by the example."""
+    """As pipelines.tracking.model.log_model exports: batch dynamic, sequence length fixed by the example."""
     torch.manual_seed(0)
     build, kind = EXPORTS[name]
     net = build().eval()
