@@ -50,7 +50,7 @@ def quiet() -> None:
 def temp_store(prefix: str = "dlp-bench-") -> Iterator[tuple[Path, list[str]]]:
     """A temporary directory and the overrides that point a run's MLflow store and outputs into it.
 
-    MLFLOW_TRACKING_URI is restored afterwards: tracking.configure() exports it for child processes.
+    MLFLOW_TRACKING_URI is restored afterwards: tracking.store.configure() exports it for child processes.
     """
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
@@ -76,9 +76,9 @@ def git_commit() -> dict:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            # README.md and results/ are what the benchmarks themselves write
+            # the READMEs and results/ are what the benchmarks themselves write
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                              ":!README.md", ":!benchmarks/results"))}
+                              ":!README.md", ":!benchmarks/README.md", ":!benchmarks/results"))}
 
 
 def cpu_model() -> str:

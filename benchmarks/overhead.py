@@ -6,14 +6,14 @@
 
 Both sides train the same network (models.build(cfg, spec).net, same init seed) on the same
 preprocessed train tensors, no augmentation, same batch size, the preset's optimiser (Adam or AdamW)
-with its lr and weight decay, one torch thread, the same number of epochs. dlpipe runs `pipelines.train.fit` (no MLflow);
+with its lr and weight decay, one torch thread, the same number of epochs. dlpipe runs `pipelines.training.fit.fit` (no MLflow);
 its epochs are timed from on_train_epoch_start to on_validation_start, which in Lightning 2.x is
 called from inside the training epoch after its last batch (fit_loop calls on_train_epoch_end only
 after validation), so the validation pass, checkpointing and epoch-end hooks are excluded.
 The first epochs of each run are dropped (warm-up); s/epoch is the median over repeats of each
 run's median epoch. dlpipe and plain runs alternate, and the ratio is the median of the per-repeat
 ratios: each pairs two adjacent runs, so load from other processes on a shared machine mostly cancels.
-Writes benchmarks/results/overhead.json and, after a full run, the README results block.
+Writes benchmarks/results/overhead.json and, after a full run, the results block of benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ THREADS = 1  # both sides; 2 shared cores make multi-thread timings mostly sched
 
 
 def compose_case(name: str, epochs: int, output_dir: Path):
-    from pipelines.config import compose
+    from pipelines.config.compose import compose
 
     return compose([*CASES[name], f"trainer.max_epochs={epochs}", "trainer.early_stopping.patience=0",
                     f"trainer.threads={THREADS}", "trainer.progress_bar=false", f"output_dir={output_dir}"])
@@ -70,7 +70,7 @@ def epoch_timer():
 
 
 def dlpipe_epochs(cfg, dm) -> list[float]:
-    from pipelines.train import fit
+    from pipelines.training.fit import fit
 
     timer = epoch_timer()
     fit(cfg, run_id=None, datamodule=dm, extra_callbacks=[timer])

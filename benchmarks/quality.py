@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/quality.py --seeds 5           # mean ± std over seeds 0..4
     .venv/bin/python benchmarks/quality.py --only diabetes_mlp
 
-Each preset runs through the real tracked path (`pipelines.train.train`) into a throw-away MLflow
+Each preset runs through the real tracked path (`pipelines.training.driver.train`) into a throw-away MLflow
 store, with the preset's own settings. Tabular and image baselines (scikit-learn) are fitted on the
 datamodule's own preprocessed train + val tensors and scored on its test tensors; forecast baselines
 (seasonal naive, SARIMA) forecast the same test windows from the same inputs; the text baseline
@@ -13,7 +13,7 @@ run's data hash (an MLflow tag) is checked against the baselines' to prove they 
 `seed=` draws both the split and the initial weights (time series split by time: only the init), and
 the tabular test splits are small (85 to 270 rows), so one seed is one sample: --seeds N shows the spread.
 Writes benchmarks/results/quality.json (one run at the preset's seed, what `make bench` publishes)
-or quality_seeds.json (--seeds N > 1), then, after a full run, the README results block.
+or quality_seeds.json (--seeds N > 1), then, after a full run, the results block of benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ def run_one(name: str, seed: int | None, store_overrides: list[str]) -> dict:
     from mlflow import MlflowClient
 
     import datamodules
-    from pipelines import tracking
-    from pipelines.config import compose
-    from pipelines.train import train
+    from pipelines.tracking import store as tracking
+    from pipelines.config.compose import compose
+    from pipelines.training.driver import train
 
     bench = EXPERIMENTS[name]
     cfg = compose([f"experiment={name}", *([f"seed={seed}"] if seed is not None else []), *store_overrides])

@@ -1,6 +1,6 @@
-"""Publish benchmarks/results/*.json as markdown tables in README.md's results block.
+"""Publish benchmarks/results/*.json as markdown tables in benchmarks/README.md's results block.
 
-    .venv/bin/python benchmarks/report.py            # rewrite README.md between the results markers
+    .venv/bin/python benchmarks/report.py            # rewrite benchmarks/README.md between the results markers
     .venv/bin/python benchmarks/report.py --print    # only print the markdown
 
 quality.py and overhead.py call this at the end of a full run; `make bench` regenerates everything.
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-README = common.ROOT / "README.md"
+README = common.ROOT / "benchmarks" / "README.md"
 
 
 def _value(mean: float, std: float, seeds: int) -> str:
@@ -52,7 +52,7 @@ def overhead_table(data: dict) -> str:
              "yes" if r["ratio"] <= data["target_ratio"] else "**no**"]
             for r in data["results"]]
     s = data["settings"]
-    title = (f"Training time per epoch (validation excluded), dlpipe (`pipelines.train.fit`) vs a hand-written "
+    title = (f"Training time per epoch (validation excluded), dlpipe (`pipelines.training.fit.fit`) vs a hand-written "
              f"PyTorch loop: same net and init, data, batch size and optimiser, {s['threads']} thread; {s['epochs']} "
              f"epochs less {s['warmup_epochs']} warm-up, {s['repeats']} alternating dlpipe/plain pairs, medians:")
     return title + "\n\n" + common.table(
@@ -86,7 +86,7 @@ def render() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--print", action="store_true", help="print the markdown instead of editing README.md")
+    parser.add_argument("--print", action="store_true", help="print the markdown instead of editing benchmarks/README.md")
     args = parser.parse_args(argv)
     block = render()
     if args.print:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         return 0
     text = README.read_text()
     if START not in text or END not in text:
-        print(f"README.md has no {START} ... {END} block; nothing written", file=sys.stderr)
+        print(f"{README.relative_to(common.ROOT)} has no {START} ... {END} block; nothing written", file=sys.stderr)
         return 1
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)

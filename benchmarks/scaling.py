@@ -186,7 +186,7 @@ def _floor_part(part: str) -> None:
     else:
         import ray
 
-        from pipelines import raycluster
+        from pipelines.cluster import local as raycluster
 
         busy, start = busy_cpu_seconds(), time.perf_counter()
         raycluster.connect()  # as `dlp train` starts its cluster, with the Ray Train settings it runs with
@@ -263,7 +263,7 @@ def weak_scaling(store: list[str], uri: str, epochs: int, batch: int, steps: int
 
 def train_rows() -> int:
     import datamodules
-    from pipelines.config import compose
+    from pipelines.config.compose import compose
 
     dm = datamodules.build(compose(WIDE).data, 42)
     dm.setup("fit")
@@ -323,7 +323,7 @@ def _bare_ddp_loop(rank: int, batch: int, steps: int) -> float:
 
     import datamodules
     import models
-    from pipelines.config import compose
+    from pipelines.config.compose import compose
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -364,7 +364,7 @@ def _ray_ddp_part(batch: int, steps: int) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines import raycluster
+    from pipelines.cluster import local as raycluster
 
     root = str(common.ROOT)
 

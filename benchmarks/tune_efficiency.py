@@ -60,13 +60,14 @@ def grid_curves(run_id: str) -> dict:
     """Every grid trial's params (as Ray Tune sees them), validation accuracy per epoch, epoch and start-up time."""
     from mlflow import MlflowClient
 
-    from pipelines import tune
+    from pipelines.sweeps import spec as tune
+    from pipelines.tracking import names
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     parent = client.get_run(run_id)
     sweep = tune.prepare([*BASE, *SWEEPS["grid"]])
     trials = []
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`{tune.SWEEP_TAG}` = '{run_id}'"):
+    for child in client.search_runs([parent.info.experiment_id], f"tags.`{names.SWEEP_RUN}` = '{run_id}'"):
         params = json.loads(child.data.tags["dlp.trial_params"])
         history = sorted(client.get_metric_history(child.info.run_id, "val/acc"), key=lambda m: m.step)
         epoch = (history[-1].timestamp - history[0].timestamp) / 1000 / max(1, len(history) - 1)

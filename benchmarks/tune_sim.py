@@ -45,17 +45,18 @@ def simulate(grid: dict, args: list[str], seed: int, start_seconds: float | None
     import optuna
     from omegaconf import OmegaConf
 
-    from pipelines import tune
+    from pipelines.sweeps import search as sweep_search
+    from pipelines.sweeps import spec as tune
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sweep = tune.prepare(["experiment=digits_cnn", "tune=digits_space", *args, f"tune.seed={seed}"])
     assert OmegaConf.to_container(sweep.spec.space) == grid["space"], "the curves were recorded on another space"
     max_epochs, samples = grid["max_epochs"], sweep.spec.num_samples
     by_params = {json.dumps(t["params"], sort_keys=True): t for t in grid["trials"]}
-    search = tune._searcher(sweep)
+    search = sweep_search.make_searcher(sweep)
     search = search if distinct else search.searcher
     search.set_search_properties(METRIC, "max", tune.tune_space(sweep.spec.space, "optuna", sweep.encoded))
-    bracket = tune._scheduler(sweep)._brackets[0]       # ASHA's one bracket, rungs as `dlp tune` sets them
+    bracket = sweep_search.make_scheduler(sweep)._brackets[0]       # ASHA's one bracket, rungs as `dlp tune` sets them
     slots = sweep.spec.max_concurrent_trials
     events: list = []                      # (time, order, trial_id, epoch)
     trials: dict = {}

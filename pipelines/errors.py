@@ -1,7 +1,10 @@
-"""The one exception type for errors a user can cause (config, data, paths, registry names).
+"""The errors a user can cause, and how any of them reads: one line naming the culprit and the fix.
 
-The CLI prints its message as one line, without a traceback, and exits with `exit_code`.
+UserError (and ConfigError) belong to pipelines/; models/ and datamodules/ own theirs (ModelError, DataError),
+since they import nothing from here. Every such type carries an `exit_code`, which is how the CLI recognises
+them all: it prints the one line without a traceback and exits with that code (2; 1 for a lost distributed run).
 """
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -16,3 +19,22 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config that does not compose or does not match its schema."""
+
+
+def exit_code(error: BaseException):
+    """The exit code of an error a user can cause (UserError, ModelError, DataError, ...), else None."""
+    code = getattr(type(error), "exit_code", None)
+    return code if isinstance(code, int) else None
+
+
+def first_line(text) -> str:
+    """The first non-blank line of a message, stripped (libraries' errors run to many lines); for an error with
+    no message, its type's name."""
+    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    return line or (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
+def last_line(error: BaseException) -> str:
+    """'TypeName: last non-blank line' of an error: where a chained or remote traceback states its cause."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"

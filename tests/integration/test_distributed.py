@@ -38,8 +38,8 @@ def _leftover_placement_groups(ray):
 
 
 def test_two_workers_match_one_process_and_log_each_epoch_once(two_workers, tmp_path):
-    from pipelines.config import compose
-    from pipelines.train import fit
+    from pipelines.config.compose import compose
+    from pipelines.training.fit import fit
 
     uri, run, console = two_workers
     assert _steps(uri, run.info.run_id) == [0, 1, 2, 3, 4]
@@ -138,7 +138,7 @@ def test_bf16_mixed_precision_trains_across_two_workers(ray_cluster, store, caps
 
 LOCAL_CLUSTER_PROBE = """
 import json, time, urllib.error, urllib.request
-from pipelines import raycluster
+from pipelines.cluster import local as raycluster
 assert raycluster.connect()
 import ray
 from ray.util.state import list_workers

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import jobs
+from pipelines.cluster import jobs
 from tests.conftest import REPO, SMOKE, assert_one_line_error, dlp_in_process
 from tests.raynodes import running_cluster
 

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from pipelines.config import CONF_DIR, compose
-from pipelines.train import fit
+from pipelines.config.compose import CONF_DIR, compose
+from pipelines.training.fit import fit
 from tests.conftest import SMOKE
 from tests.datafiles import write_cifar10, write_mnist
 

@@ -1,6 +1,6 @@
 """The main job reaches its quality target: the digits CNN preset, as shipped, on CPU."""
-from pipelines.config import compose
-from pipelines.train import fit
+from pipelines.config.compose import compose
+from pipelines.training.fit import fit
 
 
 def test_digits_cnn_preset_reaches_98_percent(tmp_path):

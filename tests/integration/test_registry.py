@@ -29,8 +29,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipelines.config import compose
-    from pipelines.train import train
+    from pipelines.config.compose import compose
+    from pipelines.training.driver import train
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -161,7 +161,7 @@ def _racer(uri, cwd, jobs, results, barrier):
     """A separate process: promote each (model, version) it is handed, starting with its rival."""
     os.chdir(cwd)
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from pipelines import registry
+    from pipelines.registry import promotion as registry
     from pipelines.errors import UserError
 
     while (job := jobs.get()) is not None:

@@ -85,7 +85,7 @@ def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
     import pandas as pd
 
     import datamodules
-    from pipelines.config import compose
+    from pipelines.config.compose import compose
 
     uri, parent, _ = sweep
     client = MlflowClient(uri)

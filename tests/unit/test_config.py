@@ -1,7 +1,7 @@
 """Config composition and validation: presets, overrides and every kind of config error."""
 import pytest
 
-from pipelines.config import CONF_DIR, compose, flatten
+from pipelines.config.compose import CONF_DIR, compose, flatten
 from pipelines.errors import ConfigError
 from tests.conftest import REPO, assert_one_line_error, run_dlp
 

@@ -14,7 +14,7 @@ from datamodules import DataError, DataSpec, base, preprocess
 from datamodules.base import BatchLoader, shard_indices, split_indices
 from datamodules.image import Augment
 from datamodules.tabular import infer_task
-from pipelines.schema import AugmentConfig, ImageDataConfig, TabularDataConfig
+from pipelines.config.data_schema import AugmentConfig, ImageDataConfig, TabularDataConfig
 from tests.datafiles import build_dm, write_cifar10, write_mnist, write_table
 
 

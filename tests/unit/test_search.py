@@ -1,19 +1,19 @@
-"""TPE over a finite space (pipelines.search.DistinctConfigs around Ray's real OptunaSearch, no cluster needed):
+"""TPE over a finite space (pipelines.sweeps.search.DistinctConfigs around Ray's real OptunaSearch, no cluster needed):
 no config is proposed twice, TPE still learns from every trial, and a saved searcher resumes without repeats."""
 import json
 
 from omegaconf import OmegaConf
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
-from pipelines import tune
-from pipelines.search import DistinctConfigs, finite_choices
+from pipelines.sweeps import spec as tune
+from pipelines.sweeps.search import DistinctConfigs, finite_choices, make_searcher
 
 SPACE = {"optim.lr": {"choice": [1e-3, 1e-2, 1e-1]}, "model.channels": {"choice": [[8, 16], [32, 64]]}}
 
 
 def searcher(seed: int = 0, samples: int = 9) -> DistinctConfigs:
     sweep = tune.prepare(["experiment=digits_cnn", "tune=digits_asha", f"tune.num_samples={samples}", f"tune.seed={seed}"])
-    search = tune._searcher(sweep)
+    search = make_searcher(sweep)
     assert isinstance(search, DistinctConfigs)
     assert search.set_search_properties("val/acc", "max", tune.tune_space(OmegaConf.create(SPACE), "optuna",
                                                                           ["model.channels"]))

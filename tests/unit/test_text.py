@@ -10,7 +10,7 @@ import torch
 from datamodules import DataError, base, preprocess
 from datamodules.base import split_indices
 from datamodules.text import TextLoader
-from pipelines.schema import TextDataConfig
+from pipelines.config.data_schema import TextDataConfig
 from tests.datafiles import build_dm, write_table
 
 torch.set_num_threads(1)

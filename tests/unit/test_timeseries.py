@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 import datamodules
 from datamodules import DataError, preprocess
-from pipelines.config import compose
-from pipelines.schema import TimeSeriesDataConfig
+from pipelines.config.compose import compose
+from pipelines.config.data_schema import TimeSeriesDataConfig
 from tests.datafiles import build_dm, write_table
 
 HOUR = pd.Timedelta(hours=1)

@@ -6,9 +6,10 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
-from pipelines import config as config_module
-from pipelines import tune
-from pipelines.config import compose
+from pipelines.config import compose as config_module
+from pipelines.sweeps import spec as tune
+from pipelines.sweeps import trials, tuner
+from pipelines.config.compose import compose
 from pipelines.errors import ConfigError, UserError
 from tests.conftest import assert_one_line_error, dlp_in_process, runs_with_status
 
@@ -94,14 +95,14 @@ def test_space_becomes_tune_domains():
 
 def test_a_sweep_that_cannot_fit_the_cluster_says_so():
     two_workers = compose(["trainer.num_workers=2"])
-    tune.check_fits(two_workers, concurrent=1, total={"CPU": 2.0})          # fits exactly
+    tuner.check_fits(two_workers, concurrent=1, total={"CPU": 2.0})          # fits exactly
     with pytest.raises(UserError, match=r"2 concurrent trials x 2 CPU each need 4 CPU, the cluster has 2; "
                                         r"set tune.max_concurrent_trials=1"):
-        tune.check_fits(two_workers, concurrent=2, total={"CPU": 2.0})
+        tuner.check_fits(two_workers, concurrent=2, total={"CPU": 2.0})
     with pytest.raises(UserError, match="one trial needs 4 CPU"):
-        tune.check_fits(compose(["trainer.num_workers=4"]), concurrent=1, total={"CPU": 2.0})
+        tuner.check_fits(compose(["trainer.num_workers=4"]), concurrent=1, total={"CPU": 2.0})
     with pytest.raises(UserError, match="one trial needs 1 GPU"):
-        tune.check_fits(compose(["trainer.num_workers=1", "trainer.use_gpu=true"]), concurrent=1, total={"CPU": 2.0})
+        tuner.check_fits(compose(["trainer.num_workers=1", "trainer.use_gpu=true"]), concurrent=1, total={"CPU": 2.0})
 
 
 @pytest.mark.parametrize("logged, reported, expected_steps, epochs", [
@@ -119,9 +120,9 @@ def test_a_stopped_trial_counts_every_epoch_its_run_holds(store, logged, reporte
         client.log_metric(run.info.run_id, "train/loss", 1.0 / (step + 1), step=step)
         client.log_metric(run.info.run_id, "val/acc", 0.1 * step, step=step)
     frame = pd.DataFrame({"epoch": range(reported), "train/loss": [0.5] * reported, "val/acc": [0.2] * reported})
-    assert tune._backfill_epochs(client, run.info.run_id, frame) == epochs
+    assert trials.backfill_epochs(client, run.info.run_id, frame) == epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == expected_steps
-    tune._finish_child(client, run.info.run_id, "stopped", "", epochs, "asha")
+    trials.finish_child(client, run.info.run_id, "stopped", "", epochs, "asha")
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["dlp.trial_status"] == f"stopped by asha after epoch {epochs}"

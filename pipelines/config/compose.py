@@ -1,4 +1,4 @@
-"""Compose conf/ with Hydra's compose API and validate the result against pipelines.schema.
+"""Compose conf/ with Hydra's compose API and validate the result against the typed schemas of this folder.
 
 Used by every `dlp` subcommand; `dlp config show [overrides]` prints what this returns.
 Errors surface as ConfigError with one line naming the key and what is allowed.
@@ -12,8 +12,10 @@ from typing import List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from pipelines.errors import ConfigError
-from pipelines.schema import CHOICES, DATA_SCHEMAS, MODEL_SCHEMAS, RootConfig
+from pipelines.config.data_schema import DATA_SCHEMAS
+from pipelines.config.model_schema import MODEL_SCHEMAS
+from pipelines.config.schema import CHOICES, RootConfig
+from pipelines.errors import ConfigError, first_line
 
 # Keys a data source cannot do without (yaml marks them ???, which a merge would drop silently).
 # (data.kind, data.source) -> keys that source cannot do without
@@ -24,7 +26,7 @@ REQUIRED_BY_SOURCE = {("tabular", "csv"): ("path", "target"), ("tabular", "parqu
                       ("timeseries", "csv"): ("path", "time", "target"),
                       ("timeseries", "parquet"): ("path", "time", "target")}
 
-CONF_DIR = Path(os.environ.get("DLP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+CONF_DIR = Path(os.environ.get("DLP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -49,10 +51,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
 
 def _force(override: str) -> str:
-    """`a.b=v` -> `++a.b=v`: a schema key the yaml leaves out (loss.label_smoothing) is still
-    settable without `+`; a key the schema lacks then fails in `validate`, with its name."""
+    """`a.b=v` -> `++a.b=v`, `seed=1` -> `++seed=1`: a schema key conf/ leaves out (every default lives in the
+    schema) is still settable without `+`; a key the schema lacks then fails in `validate`, with its name. A group
+    choice (`model=cnn`, a folder of conf/) stays as it is."""
     key = override.split("=", 1)[0]
-    if "=" in override and "." in key and not override.startswith(("+", "~")):
+    if "=" not in override or override.startswith(("+", "~")):
+        return override
+    if "." in key or not (CONF_DIR / key).is_dir():
         return "++" + override
     return override
 
@@ -70,9 +75,9 @@ def validate(raw: DictConfig) -> DictConfig:
     except (ConfigKeyError, ConfigAttributeError) as e:
         raise ConfigError(_unknown_key_message(e, schema)) from None
     except ValidationError as e:
-        raise ConfigError(f"config: {e.full_key}: {_first_line(e.msg)}") from None
+        raise ConfigError(f"config: {e.full_key}: {first_line(e.msg)}") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {getattr(e, 'full_key', '') or ''} {_first_line(str(e))}") from None
+        raise ConfigError(f"config: {getattr(e, 'full_key', '') or ''} {first_line(str(e))}") from None
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -182,7 +187,7 @@ def _missing_option_message(e) -> str:
     if "/" in target and options is not None:
         group, option = target.rsplit("/", 1)
         return f"config: unknown option '{option}' for group '{group}' (available: {', '.join(sorted(options))})"
-    return f"config: {_first_line(str(e))}"
+    return f"config: {first_line(str(e))}"
 
 
 def _hydra_message(e: Exception) -> str:
@@ -190,12 +195,8 @@ def _hydra_message(e: Exception) -> str:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return _unknown_key_message(cause)
     if isinstance(cause, ValidationError):
-        return f"config: {cause.full_key}: {_first_line(cause.msg)}"
-    return f"config: {_first_line(str(e))}"
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), str(text))
+        return f"config: {cause.full_key}: {first_line(cause.msg)}"
+    return f"config: {first_line(str(e))}"
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,4 +1,5 @@
-"""Bayesian (TPE) search over a finite space that never trains the same config twice.
+"""The search algorithm and the scheduler of a sweep, and a TPE search over a finite space that never trains the
+same config twice.
 
 Over a space of choices only, Optuna's TPE proposes configs it has already tried: once it models one
 region as good, the most likely candidate it draws there is the config it already has. dlpipe's training
@@ -108,3 +109,39 @@ class DistinctConfigs(Searcher):
             elif distance == best_distance:
                 best.append(candidate)
         return self.rng.choice(best) if best else None
+
+
+def make_searcher(sweep):
+    """The search algorithm of a sweep (spec.Sweep): Optuna TPE (seeded, repeats withdrawn) or Tune's grid/random
+    generator."""
+    spec = sweep.spec
+    if spec.search != "optuna":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # a SearchGenerator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it (with a warning)
+        # and would start every grid point's trial at once, so the generator itself holds the limit
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    # TPE models the good and bad trials once a few exist; Optuna's default of 10 random ones first
+    # would leave a small sweep purely random
+    startup = max(2, min(10, spec.num_samples // 3))
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup))
+    # over a space of choices only, TPE re-proposes configs it has tried; seeded training makes a repeat pure waste
+    return DistinctConfigs(searcher, seed=spec.seed)
+
+
+def make_scheduler(sweep):
+    """FIFO, ASHA or HyperBand, with every rung strictly before the last epoch and no stop *at* max_t: a trial that
+    trained every epoch ends on its own, after testing and logging its model, instead of being killed at the finish."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    spec, last = sweep.spec, max(1, sweep.cfg.trainer.max_epochs - 1)
+    if spec.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=last, grace_period=min(spec.grace_period, last),
+                             reduction_factor=spec.reduction_factor, stop_last_trials=False)
+    if spec.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=last, reduction_factor=spec.reduction_factor,
+                                  stop_last_trials=False)
+    return FIFOScheduler()

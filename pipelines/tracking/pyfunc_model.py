@@ -1,8 +1,8 @@
 """The MLflow pyfunc model dlpipe logs: raw rows in, predictions out (MLflow "models from code").
 
 This file is copied into every logged model and executed on load, so it imports only torch,
-numpy, pandas and mlflow; the preprocessing it applies ships beside it as `preprocess.py`
-(datamodules/preprocess.py), and the network as a torch.export program (`net.pt2`). A model
+numpy, pandas and mlflow; the preprocessing it applies ships beside it as `preprocess.py` and
+`preprocess_text.py` (from datamodules/), and the network as a torch.export program (`net.pt2`). A model
 therefore loads with `mlflow.pyfunc.load_model` or `mlflow models serve` without dlpipe's code.
 """
 import json

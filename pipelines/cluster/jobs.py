@@ -1,4 +1,4 @@
-"""Run `dlp` commands on a Ray cluster through the Ray Jobs API.
+"""`dlp submit`, `dlp jobs`, `dlp logs`, `dlp stop`: run `dlp` commands on a Ray cluster through the Ray Jobs API.
 
     ray start --head --dashboard-host=127.0.0.1          # a local cluster (or RAY_ADDRESS=http://head:8265)
     dlp submit -- train experiment=digits_cnn trainer.num_workers=2
@@ -20,15 +20,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of `ray start --head` on this machine
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Kept out of the working_dir upload (Ray also skips what .gitignore lists): envs, stores, outputs.
 EXCLUDES = [".venv", ".git", "mlruns", "mlartifacts", "mlflow.db", "outputs", "checkpoints", "*.ckpt",
             "benchmarks/results", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
 PASSED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+COMMAND_KEY = "dlp.command"                # a job's metadata: the dlp command it runs, for `dlp jobs`
 START_HINT = "start one with `ray start --head --dashboard-host=127.0.0.1`, or pass --address / set RAY_ADDRESS"
 
 
@@ -83,7 +84,7 @@ def connect(address: str):
     except ConnectionError:
         raise UserError(f"no Ray cluster reachable at {address}; {START_HINT}") from None
     except (RuntimeError, ValueError) as e:  # an address that is not a Ray dashboard, or a malformed one
-        raise UserError(f"no Ray cluster reachable at {address} ({_first_line(e)}); {START_HINT}") from None
+        raise UserError(f"no Ray cluster reachable at {address} ({first_line(e)}); {START_HINT}") from None
 
 
 def runtime_env(env: str = "local") -> Dict:
@@ -98,7 +99,7 @@ def runtime_env(env: str = "local") -> Dict:
 
 def absolute_tracking_uri(uri: Optional[str] = None) -> str:
     """The store `dlp` would use here, with a local path made absolute (the job runs elsewhere)."""
-    from pipelines.tracking import DEFAULT_TRACKING_URI, absolute_uri
+    from pipelines.tracking.store import DEFAULT_TRACKING_URI, absolute_uri
 
     return absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
@@ -119,7 +120,7 @@ def prepare_train(overrides: Sequence[str]) -> None:
     A config error then costs no upload; and an experiment created by the job would put its
     artifacts under the job's temporary working_dir, where `dlp ui` cannot find them.
     """
-    from pipelines.config import compose
+    from pipelines.config.compose import compose
 
     cfg = compose(list(overrides))
     uri = absolute_tracking_uri(cfg.mlflow.tracking_uri)
@@ -139,9 +140,9 @@ def submit(args: Sequence[str], address: str, env: str = "local") -> str:
     job_id = f"dlp-{args[0]}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     try:
         return client.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env(env), submission_id=job_id,
-                                 metadata={"dlp.command": shlex.join(["dlp", *args])})
+                                 metadata={COMMAND_KEY: shlex.join(["dlp", *args])})
     except RuntimeError as e:
-        raise UserError(f"submit: the cluster at {address} refused the job: {_first_line(e)}") from None
+        raise UserError(f"submit: the cluster at {address} refused the job: {first_line(e)}") from None
 
 
 def entrypoint(args: Sequence[str]) -> str:
@@ -160,7 +161,7 @@ def format_jobs(jobs: Sequence) -> str:
     lines = [f"{'ID':<34} {'STATUS':<10} {'STARTED':<19} COMMAND"]
     for j in jobs:
         started = datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if j.start_time else "-"
-        command = (j.metadata or {}).get("dlp.command") or j.entrypoint
+        command = (j.metadata or {}).get(COMMAND_KEY) or j.entrypoint
         command = command if len(command) <= 70 else command[:67] + "..."
         lines.append(f"{j.submission_id:<34} {j.status.value!s:<10} {started:<19} {command}")
     return "\n".join(lines)
@@ -223,8 +224,3 @@ def follow_hint(job_id: str, address: str) -> str:
                       f"  list:      dlp jobs{flag}",
                       f"  stop:      dlp stop {job_id}{flag}",
                       f"  dashboard: {address}/#/jobs" if address.startswith("http") else ""]).rstrip()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

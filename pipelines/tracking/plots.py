@@ -1,6 +1,7 @@
 """The PNGs a run logs under `plots/`: learning curve, confusion matrix, forecast and per-horizon error.
 
-Written by pipelines.train on the driver after fit; matplotlib runs headless (Agg).
+Written on the driver after fit (pipelines/training/outputs.py) and after a sweep (pipelines/sweeps/report.py);
+matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 

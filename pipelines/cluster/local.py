@@ -1,0 +1,154 @@
+"""The Ray cluster a distributed `dlp train` or a `dlp tune` runs on: $RAY_ADDRESS joined, this process's Ray
+reused, or a local cluster started — and then stopped by whoever started it.
+
+`RayCluster` is that cluster as an object owned by the command: `dlp train` starts it in a background thread
+before its own heavy imports (the local cluster's start, several seconds of GCS, raylet and dashboard, then
+overlaps the imports, the data checks and the MLflow setup), the Ray Train driver connects to it and stops it in
+the background while the driver logs plots and the model, and the command closes it when it ends. Kept free of
+torch and Lightning: it imports only `ray`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Optional
+
+from pipelines import signals
+
+# Ray drains each worker's one-slot report queue once per interval (default 2 s, i.e. 2 s per epoch of a small job)
+REPORT_INTERVAL_S = "0.1"
+
+
+def train_env(local: bool) -> None:
+    """Environment for Ray Train, set before the cluster starts so its processes inherit it (setdefault: a user's
+    own setting wins)."""
+    # Ray Train propagates both to its controller and workers
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_INTERVAL_S)
+    # its print patch sends each worker print to stdout *and* (through logging) stderr: every epoch line twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if local:
+        # On the throw-away single-node cluster `dlp train` starts itself, two Train V2 extras do nothing useful
+        # and cost start time: the preemption watcher (one more actor process, started while the worker
+        # group starts; a local node is never drained) and Train's Prometheus metrics (no one scrapes them).
+        # Both are Ray's documented switches; a cluster in $RAY_ADDRESS keeps Ray's defaults.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        # The raylet reads this system setting at start. By default it starts one idle task worker per CPU
+        # when the driver connects (~80 MB and ~0.4 CPU-s each). Ray Train and Tune run actors, and an actor
+        # never takes a prestarted task worker (Train's runtime_env differs). So on this cluster they would
+        # only take memory and, while two training workers share two cores, a little CPU. A task that does
+        # run still gets a worker on demand.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+
+
+def connect(log_to_driver: bool = True) -> bool:
+    """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine, in this thread.
+
+    Args:
+        log_to_driver: stream the workers' output to this console (a sweep keeps it in Ray's session logs).
+    Returns True when this call started Ray (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    local = not os.environ.get("RAY_ADDRESS")
+    train_env(local)
+    quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
+    if not local:
+        ray.init(**quiet)
+    else:
+        # a local cluster turns token auth on by itself (~/.ray/auth_token); only the dashboard honours the host
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    return True
+
+
+class RayCluster:
+    """The cluster one command runs on; a context manager that stops, on exit, what it started.
+
+    Ray ties a local cluster's processes (GCS, raylet, dashboard) to the *thread* that started them (Linux
+    parent-death signal), so a background start keeps its thread alive until the cluster it started is stopped.
+    """
+
+    def __init__(self, log_to_driver: bool = True):
+        self.log_to_driver = log_to_driver
+        self.started = False                          # this object started Ray (and stops it)
+        self._starting: Optional[threading.Thread] = None
+        self._ready = threading.Event()               # the background ray.init returned or failed
+        self._error: Optional[BaseException] = None   # its failure, raised by connect() in the caller's thread
+        self._release = threading.Event()             # the cluster is stopped: the starting thread may end
+        self._stopping: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "RayCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "RayCluster":
+        """Begin connect()'s work in a background thread now; the next connect() waits for it."""
+        import ray
+
+        if self._starting is not None or ray.is_initialized():
+            return self
+        signals.exit_on_sigterm()   # ray.init sets it only from the main thread: atexit then stops the cluster
+
+        def start():
+            worker_log = logging.getLogger("ray._private.worker")
+            worker_log.addFilter(_not_main_thread_warning)
+            try:
+                self.started = connect(self.log_to_driver)
+            except BaseException as e:  # handed to connect(), which raises it in the caller's thread
+                self._error = e
+            finally:
+                worker_log.removeFilter(_not_main_thread_warning)
+                self._ready.set()
+            if self.started:
+                self._release.wait()
+
+        self._starting = threading.Thread(target=start, name="dlp-ray-start", daemon=True)
+        self._starting.start()
+        return self
+
+    def connect(self) -> bool:
+        """Wait for start() if it was called (raising its error here) or connect now; True when this object
+        started Ray, so stopping it is this object's job."""
+        if self._starting is not None:
+            self._ready.wait()
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+        else:
+            self.started = connect(self.log_to_driver)
+        return self.started
+
+    def stop(self, background: bool = False) -> None:
+        """Shut down the cluster this object started (nothing otherwise). `background`: in a thread, since
+        stopping the local cluster's processes takes 1-2 s that the driver's own work can overlap; not a daemon,
+        so Python joins it before exiting, and close() waits for it."""
+        if self._starting is not None:
+            self._ready.wait()
+        if not self.started or self._stopping is not None:
+            return
+        import ray
+
+        def stop():
+            ray.shutdown()
+            self._release.set()
+
+        self._stopping = threading.Thread(target=stop, name="dlp-ray-shutdown")
+        self._stopping.start()
+        if not background:
+            self._stopping.join()
+
+    def close(self) -> None:
+        """When the command ends: stop a cluster it started that no run stopped (one that failed before training),
+        and wait for a stop in progress."""
+        self.stop()
+        if self._stopping is not None:
+            self._stopping.join()
+        self._release.set()
+
+
+def _not_main_thread_warning(record: logging.LogRecord) -> bool:
+    return "not the main thread" not in record.getMessage()

@@ -1,0 +1,31 @@
+"""The typed schema of a search space, conf/tune/<name>.yaml, which `dlp tune experiment=X tune=<name>` reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class SweepConfig:
+    """conf/tune/<name>.yaml: what `dlp tune` searches, how, and with what budget.
+
+    space maps any config key to one distribution: {choice: [...]}, {grid: [...]}, {uniform: [lo, hi]},
+    {loguniform: [lo, hi]}, {randint: [lo, hi]} (hi exclusive), or the quantised {quniform: [lo, hi, q]},
+    {qloguniform: [lo, hi, q]}, {qrandint: [lo, hi, q]}.
+    """
+    space: Dict[str, Any] = field(default_factory=dict)
+    search: str = "optuna"            # grid | random | optuna (TPE)
+    scheduler: str = "asha"           # fifo | asha | hyperband
+    num_samples: int = 8              # trials to sample (grid: repeats of the whole grid)
+    max_concurrent_trials: int = 2
+    metric: Optional[str] = None      # null -> the experiment's monitor.metric
+    mode: Optional[str] = None        # null -> the experiment's monitor.mode
+    grace_period: int = 1             # asha/hyperband: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2         # asha/hyperband: keep the best 1/reduction_factor at each rung
+    seed: int = 0                     # the searcher's seed (each trial trains with the experiment's seed)
+    overrides: List[str] = field(default_factory=list)   # applied to every trial before its sampled values
+    trial_memory_mb: int = 64         # the logical memory a trial's driver reserves (it holds no CPU: see tune.py)
+
+
+SWEEP_CHOICES: Dict[str, tuple] = {"search": ("grid", "random", "optuna"), "scheduler": ("fifo", "asha", "hyperband")}
+SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform", "qrandint")

@@ -1,0 +1,77 @@
+"""The model a run logs: its network as a torch.export program plus the preprocessing, as an MLflow pyfunc
+model that takes raw rows (pyfunc_model.py is the code MLflow loads it with)."""
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from pipelines.tracking import names
+
+
+def as_model_input(frame, prep: dict):
+    """Raw rows typed as a logged model's signature takes them: integer columns as doubles (the signature would
+    refuse float inputs; doubles accept both), timestamps as ISO strings (a CSV handed to `dlp predict` holds
+    strings, not datetimes)."""
+    frame = frame.astype({c: "float64" for c in frame.select_dtypes("integer").columns})
+    if prep.get("kind") == "timeseries":
+        frame[prep["time"]] = frame[prep["time"]].astype(str)
+    return frame
+
+
+def input_example(dm):
+    """A few raw test rows the logged model accepts (for time series: the last lookback steps of each series)."""
+    frame, _ = dm.raw_frame("test")
+    prep = dm.prep
+    if prep["kind"] == "timeseries":
+        group = prep.get("group")
+        frame = frame.groupby(group, sort=True).tail(prep["lookback"]) if group else frame.tail(prep["lookback"])
+        frame = frame.reset_index(drop=True)
+    else:
+        frame = frame.head(5)
+    return as_model_input(frame, prep)
+
+
+def log_model(net, prep: dict, raw_example, registered_model_name: Optional[str] = None):
+    """Log `net` + preprocessing as a pyfunc model (raw rows in) under the active run's `model`.
+
+    The network is saved as a torch.export program with a dynamic batch dimension, so loading
+    needs neither dlpipe's code nor pickle.
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    from datamodules import preprocess, preprocess_text
+    from pipelines.tracking import pyfunc_model
+
+    net = net.eval().cpu().float()
+    x = torch.from_numpy(preprocess.transform(raw_example, prep))
+    if x.shape[0] < 2:  # torch.export specialises size-1 dimensions
+        x = torch.cat([x, x])
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        # nn.LSTM/GRU re-list their weights in _flat_weights while tracing; harmless, and not ours to fix
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
+    with tempfile.TemporaryDirectory() as tmp:
+        net_path, prep_path = Path(tmp) / "net.pt2", Path(tmp) / "prep.json"
+        torch.export.save(program, net_path)
+        prep_path.write_text(json.dumps(prep))
+        output = pyfunc_model.DlpModel().bind(program.module(), prep).predict(None, raw_example)
+        with warnings.catch_warnings():
+            # integer *outputs* (a forecast's step column) are fine; integer inputs were made doubles upstream
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+            signature = infer_signature(raw_example, output)
+        return mlflow.pyfunc.log_model(
+            name=names.LOGGED_MODEL,
+            python_model=pyfunc_model.__file__,
+            artifacts={"net": str(net_path), "prep": str(prep_path)},
+            code_paths=[preprocess.__file__, preprocess_text.__file__],
+            signature=signature,
+            input_example=raw_example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "mlflow"],
+            registered_model_name=registered_model_name,
+        )

@@ -1,0 +1,72 @@
+"""Which MLflow store a command uses, the experiment its runs go to, and the code version they record."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tracking_uri(cfg=None) -> str:
+    """cfg.mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite file in the working directory."""
+    uri = (cfg.mlflow.tracking_uri if cfg is not None else None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or DEFAULT_TRACKING_URI
+
+
+def absolute_uri(uri: str) -> str:
+    """`uri` with a local store path made absolute, for processes in another working directory (Ray workers
+    and jobs): sqlite:///x.db is relative to the working directory, sqlite:////x.db is not."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return Path(uri[len("file:"):]).resolve().as_uri()
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def configure(cfg=None) -> str:
+    """Point MLflow (here and in child processes) at the store of `cfg`; returns its URI."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    # Children (Ray workers, `mlflow models serve`) must see the same store.
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def set_experiment(name: str):
+    """The experiment runs go to: `name`, or under `mlflow run` (MLFLOW_RUN_ID set) the experiment of the run
+    MLflow made for the command, which fluent start_run() then continues."""
+    import mlflow
+
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        return mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(outer).info.experiment_id)
+    return mlflow.set_experiment(name)
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def code_version() -> Optional[str]:
+    """HEAD, plus a hash of the uncommitted changes to tracked files when there are any: what `dlp pipeline`
+    keys its step cache on, so an edited working tree never reuses a step computed by other code."""
+    commit = git_commit()
+    if commit is None:
+        return None
+    try:
+        diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return commit
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else commit
