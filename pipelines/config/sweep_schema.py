@@ -24,7 +24,7 @@ class SweepConfig:
     reduction_factor: int = 2         # asha/hyperband: keep the best 1/reduction_factor at each rung
     seed: int = 0                     # the searcher's seed (each trial trains with the experiment's seed)
     overrides: List[str] = field(default_factory=list)   # applied to every trial before its sampled values
-    trial_memory_mb: int = 64         # the logical memory a trial's driver reserves (it holds no CPU: see tune.py)
+    trial_memory_mb: int = 64         # the logical memory a trial's driver reserves (it holds no CPU: see sweeps/tuner.py)
 
 
 SWEEP_CHOICES: Dict[str, tuple] = {"search": ("grid", "random", "optuna"), "scheduler": ("fifo", "asha", "hyperband")}

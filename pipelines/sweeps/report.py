@@ -110,6 +110,9 @@ def summary(result: SweepResult) -> str:
                      + "".join(f"  {k} = {v:.4f}" for k, v in sorted(names.headline(b.test).items())))
     if result.challenger:
         lines.append(f"  model:    {result.challenger}   -> dlp promote {result.model_name}")
-    lines.append(f"  sweep run: {result.run_id}  (experiment '{s.cfg.mlflow.experiment_name}')")
+    import mlflow
+
+    experiment = mlflow.get_experiment(result.experiment_id).name  # under `mlflow run`: the one it chose
+    lines.append(f"  sweep run: {result.run_id}  (experiment '{experiment}')")
     lines.append(console.browse_hint(result.experiment_id, result.run_id))
     return "\n".join(lines)

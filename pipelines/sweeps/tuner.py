@@ -73,7 +73,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
                 log.info("resuming sweep %s from %s", parent, path)
                 mlflow.set_tag(names.SWEEP_RESUMED, "true")
             with _tune_ctrl_c() as interrupted:
-                grid = _tuner(sweep, parent, path, uri).fit()
+                grid = _tuner(sweep, parent, path, uri, experiment.name).fit()
             if interrupted.is_set():
                 raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
             trials.await_trial_workers()
@@ -155,12 +155,14 @@ def _log_sweep_inputs(sweep: Sweep, path: Path) -> None:
                      names.MONITOR: names.monitor_tag(sweep.metric, sweep.mode)})
 
 
-def _tuner(sweep: Sweep, parent: str, path: Path, uri: str):
+def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str):
     from ray import tune
 
     from pipelines.config.compose import with_absolute_paths
 
     base = with_absolute_paths(sweep.cfg)
+    # the trials' runs go where the sweep run is: under `mlflow run`, the experiment MLflow chose for it
+    base["mlflow"]["experiment_name"] = experiment
     base["trainer"]["storage_path"] = str(path / "train")
     base["mlflow"]["registered_model_name"] = None     # trials log models; the sweep registers the best one
     info = {"parent": parent, "uri": uri, "encoded": sweep.encoded, "sweep": sweep.name}
