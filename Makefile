@@ -1,9 +1,10 @@
 # make train   -> set up .venv (first time) and run the main job: the digits CNN on embedded defaults
 # make test    -> set up .venv (first time) and run the default test suite (not slow; < 10 min on 2 cores)
+# make test-slow -> the slow tests only (sweep resume, driver loss, two-node jobs, the UI in Chromium, every MLproject entry point)
 PY := .venv/bin/python
 STAMP := .venv/.dlpipe-installed
 
-.PHONY: setup train test test-all bench ui
+.PHONY: setup train test test-slow test-all bench ui
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -16,6 +17,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow"
