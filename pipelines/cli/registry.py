@@ -41,11 +41,12 @@ def cmd_promote(args) -> int:
     """Exit 0 when the challenger became champion, 1 when it was refused for its score (recorded either way)."""
     quiet()
     from pipelines.registry import promotion
+    from pipelines.tracking import names
 
     decision = promotion.promote(args.model, metric=args.metric, min_delta=args.min_delta, version=args.version)
     print(decision.line())
     if decision.promoted:
-        print(f"  serving: models:/{args.model}@{promotion.CHAMPION}")
+        print(f"  serving: models:/{args.model}@{names.CHAMPION}")
     return 0 if decision.promoted else 1
 
 

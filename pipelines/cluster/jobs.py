@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from pipelines.errors import UserError, first_line
+from pipelines.tracking.store import DEFAULT_TRACKING_URI, REPO, absolute_uri
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of `ray start --head` on this machine
-REPO = Path(__file__).resolve().parents[2]
 # Kept out of the working_dir upload (Ray also skips what .gitignore lists): envs, stores, outputs.
 EXCLUDES = [".venv", ".git", "mlruns", "mlartifacts", "mlflow.db", "outputs", "checkpoints", "*.ckpt",
             "benchmarks/results", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
@@ -99,8 +99,6 @@ def runtime_env(env: str = "local") -> Dict:
 
 def absolute_tracking_uri(uri: Optional[str] = None) -> str:
     """The store `dlp` would use here, with a local path made absolute (the job runs elsewhere)."""
-    from pipelines.tracking.store import DEFAULT_TRACKING_URI, absolute_uri
-
     return absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 

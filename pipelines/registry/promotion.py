@@ -15,7 +15,6 @@ from pipelines.registry import evaluation, versions
 from pipelines.registry.lock import champion_lock
 from pipelines.tracking import names
 
-CHAMPION, CHALLENGER = names.CHAMPION, names.CHALLENGER
 HISTORY_KEEP = 100                     # MLflow caps a tag value; a hundred versions is plenty of rollback
 
 
@@ -52,13 +51,13 @@ def history(client, name: str) -> List[str]:
 
 
 def _set_champion(client, name: str, version: str, past: List[str]) -> None:
-    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_alias(name, names.CHAMPION, version)
     client.set_registered_model_tag(name, names.CHAMPION_HISTORY, json.dumps(past[-HISTORY_KEEP:]))
 
 
 def _check_alias(client, name: str, version: str) -> None:
     """Detect (not prevent) a writer outside the lock that moved `champion` while we held it."""
-    now = versions.version_by_alias(client, name, CHAMPION)
+    now = versions.version_by_alias(client, name, names.CHAMPION)
     if now is None or str(now.version) != str(version):
         raise UserError(f"promote: champion of '{name}' was moved to "
                         f"v{getattr(now, 'version', None)} by someone outside dlp's lock while v{version} "
@@ -138,13 +137,13 @@ def promote(name: str, metric: Optional[str] = None, min_delta: float = 0.0,
     """
     client = versions.client()
     candidate = (versions.version(client, name, version) if version
-                 else versions.version_by_alias(client, name, CHALLENGER))
+                 else versions.version_by_alias(client, name, names.CHALLENGER))
     if candidate is None:
-        raise UserError(f"promote: model '{name}' has no '{CHALLENGER}' alias; dlp register runs:/<id>/model "
+        raise UserError(f"promote: model '{name}' has no '{names.CHALLENGER}' alias; dlp register runs:/<id>/model "
                         f"--name {name} first")
     challenger = str(candidate.version)
     with champion_lock(name):
-        current = versions.version_by_alias(client, name, CHAMPION)
+        current = versions.version_by_alias(client, name, names.CHAMPION)
         if current is not None and str(current.version) == challenger:
             raise UserError(f"promote: {name} v{challenger} already is the champion")
         split = _frozen_split(client, name, candidate, current)
@@ -218,7 +217,7 @@ def rollback(name: str) -> Tuple[str, str]:
     client = versions.client()
     versions.registered(client, name)
     with champion_lock(name):
-        current = versions.version_by_alias(client, name, CHAMPION)
+        current = versions.version_by_alias(client, name, names.CHAMPION)
         if current is None:
             raise UserError(f"rollback: model '{name}' has no champion to roll back")
         past = history(client, name)
