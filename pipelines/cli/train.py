@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
 
         # the local Ray cluster starts now, in a thread, so its ~4 s start overlaps the imports, data checks and
         # MLflow setup below; the Ray Train driver waits for it (and raises its error, if any)
-        cluster = RayCluster().start()
+        cluster = RayCluster(env=cfg.cluster.env).start()
     try:
         with heavy_imports(args.whole_process):
             from pipelines.training import ray_driver

@@ -9,12 +9,20 @@ torch and Lightning: it imports only `ray`.
 """
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import logging
 import os
 import threading
-from typing import Optional
+from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 from pipelines import signals
+from pipelines.config.schema import ClusterConfig
+from pipelines.errors import UserError, first_line
+
+DEFAULT_ENV = tuple(ClusterConfig().env)
+NEVER_PASSED = ("MLFLOW_RUN_ID",)      # this process's own run (under `mlflow run`), not the workers'
 
 # Ray drains each worker's one-slot report queue once per interval (default 2 s, i.e. 2 s per epoch of a small job)
 REPORT_INTERVAL_S = "0.1"
@@ -42,21 +50,48 @@ def train_env(local: bool) -> None:
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 
-def connect(log_to_driver: bool = True) -> bool:
+def passed_env(patterns: Sequence[str] = DEFAULT_ENV) -> Dict[str, str]:
+    """The driver's environment variables that match `patterns` (cluster.env: shell-style, e.g. AWS_*): what the
+    cluster's processes get through Ray's runtime env. Their values are never logged or printed."""
+    return {k: v for k, v in os.environ.items()
+            if k not in NEVER_PASSED and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
+def auth_token() -> str:
+    """The Ray auth token at hand: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token ('' if none)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        with contextlib.suppress(OSError):
+            token = path.expanduser().read_text().strip()
+    return token
+
+
+def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> bool:
     """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine, in this thread.
 
     Args:
         log_to_driver: stream the workers' output to this console (a sweep keeps it in Ray's session logs).
+        env: cluster.env, the patterns of the environment variables a joined cluster's processes get from here
+            (a local cluster's processes inherit this process's environment anyway).
     Returns True when this call started Ray (the caller shuts it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    local = not os.environ.get("RAY_ADDRESS")
-    train_env(local)
+    address = os.environ.get("RAY_ADDRESS")
+    train_env(local=not address)
     quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
-    if not local:
-        ray.init(**quiet)
+    if address:
+        if auth_token() and not os.environ.get("RAY_AUTH_MODE"):
+            os.environ["RAY_AUTH_MODE"] = "token"   # a cluster started with a token requires it of every client
+        try:
+            ray.init(runtime_env={"env_vars": passed_env(env)}, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            hint = ("it uses token auth: set RAY_AUTH_TOKEN or copy the head's ~/.ray/auth_token here"
+                    if not auth_token() else "check the address and that the head node is up")
+            raise UserError(f"could not join the Ray cluster at RAY_ADDRESS={address} ({first_line(e)[:160]}); "
+                            f"{hint}") from None
     else:
         # a local cluster turns token auth on by itself (~/.ray/auth_token); only the dashboard honours the host
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
@@ -70,8 +105,8 @@ class RayCluster:
     parent-death signal), so a background start keeps its thread alive until the cluster it started is stopped.
     """
 
-    def __init__(self, log_to_driver: bool = True):
-        self.log_to_driver = log_to_driver
+    def __init__(self, log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV):
+        self.log_to_driver, self.env = log_to_driver, tuple(env)
         self.started = False                          # this object started Ray (and stops it)
         self._starting: Optional[threading.Thread] = None
         self._ready = threading.Event()               # the background ray.init returned or failed
@@ -97,7 +132,7 @@ class RayCluster:
             worker_log = logging.getLogger("ray._private.worker")
             worker_log.addFilter(_not_main_thread_warning)
             try:
-                self.started = connect(self.log_to_driver)
+                self.started = connect(self.log_to_driver, self.env)
             except BaseException as e:  # handed to connect(), which raises it in the caller's thread
                 self._error = e
             finally:
@@ -119,7 +154,7 @@ class RayCluster:
             if error is not None:
                 raise error
         else:
-            self.started = connect(self.log_to_driver)
+            self.started = connect(self.log_to_driver, self.env)
         return self.started
 
     def stop(self, background: bool = False) -> None:

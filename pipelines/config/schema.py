@@ -63,7 +63,8 @@ class TrainerConfig:
     resources_per_worker: Dict[str, float] = field(default_factory=dict)
     lr_scaling: str = "none"
     max_failures: int = 0
-    storage_path: Optional[str] = None
+    storage_path: Optional[str] = None   # Ray's checkpoints; on several nodes s3://… or a shared filesystem
+    label_selector: Any = None          # Ray node labels for the workers: one dict, or one per worker (rank order)
 
 
 @dataclass
@@ -113,6 +114,13 @@ class MLflowConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """What the processes of a Ray cluster that `dlp train`, `dlp tune` or `dlp submit` joins get from the driver."""
+    # environment variables passed through Ray's runtime env (shell-style patterns); values are never printed
+    env: List[str] = field(default_factory=lambda: ["AWS_*", "MLFLOW_*", "GLOO_SOCKET_IFNAME", "NCCL_*", "HF_*"])
+
+
+@dataclass
 class RootConfig:
     model: Any = None                 # validated against model_schema.MODEL_SCHEMAS[model.name]
     data: Any = None                  # validated against data_schema.DATA_SCHEMAS[data.kind]
@@ -122,6 +130,7 @@ class RootConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # the run's name and default MLflow experiment: conf/config.yaml makes it ${model.name}-${data.source},
     # an experiment preset names itself
     name: str = MISSING

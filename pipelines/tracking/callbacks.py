@@ -5,7 +5,7 @@ fit() adds them; the driver owns the run, these only log into it.
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 from lightning.pytorch.callbacks import Checkpoint
 
@@ -31,6 +31,27 @@ class EpochEnd(Checkpoint):
         return {}
 
 
+class EpochClock:
+    """Times an epoch for its perf/ metrics: the whole epoch, and the training batches alone (Lightning
+    validates from inside the training epoch, after its last batch)."""
+
+    def __init__(self):
+        self._epoch_start, self._train_seconds = 0.0, None
+
+    def epoch_started(self) -> None:
+        self._epoch_start, self._train_seconds = time.perf_counter(), None
+
+    def validation_started(self) -> None:
+        if self._train_seconds is None and self._epoch_start:
+            self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def times(self) -> Dict[str, float]:
+        out = {names.EPOCH_SECONDS: time.perf_counter() - self._epoch_start}   # validation, checkpoints included
+        if self._train_seconds is not None:
+            out[names.TRAIN_SECONDS] = self._train_seconds                    # the training batches only
+        return out
+
+
 class MLflowEpochLogger(EpochEnd):
     """Logs every train/ and val/ metric once per epoch (step = epoch) from rank 0, by run id.
 
@@ -41,8 +62,7 @@ class MLflowEpochLogger(EpochEnd):
         self.run_id, self.uri = run_id, uri
         self.client = None
         self.last_logged = -1
-        self._epoch_start = 0.0
-        self._train_seconds: Optional[float] = None
+        self.clock = EpochClock()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.global_rank != 0 or stage != "fit":
@@ -53,20 +73,16 @@ class MLflowEpochLogger(EpochEnd):
         self.last_logged = runs.last_logged_epoch(self.client, self.run_id)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start, self._train_seconds = time.perf_counter(), None
+        self.clock.epoch_started()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        # Lightning validates from inside the training epoch, after its last batch: the batches alone
-        if self._train_seconds is None and self._epoch_start:
-            self._train_seconds = time.perf_counter() - self._epoch_start
+        self.clock.validation_started()
 
     def epoch_end(self, trainer, metrics: Dict[str, float]) -> None:
         epoch = trainer.current_epoch
         if self.client is None or epoch <= self.last_logged:
             return
-        metrics[names.EPOCH_SECONDS] = time.perf_counter() - self._epoch_start   # validation, checkpoints included
-        if self._train_seconds is not None:
-            metrics[names.TRAIN_SECONDS] = self._train_seconds                   # the training batches only
+        metrics.update(self.clock.times())
         runs.log_metrics(self.client, self.run_id, metrics, step=epoch)
         self.last_logged = epoch
 

@@ -46,6 +46,9 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     if resume_from is not None:
         checks.check_checkpoint_matches(resume_from, cfg)
 
+    if cfg.trainer.num_workers >= 1:
+        ray_driver.prepare(cfg, cluster)   # the cluster joined and its storage checked before any run exists
+
     experiment = store.set_experiment(cfg.mlflow.experiment_name or cfg.name)
     resume_run = runs.existing_run(resume_from.parent.name) if resume_from is not None else None
     if cfg.resume == "auto":
@@ -66,7 +69,11 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
         else:
             result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
         out = TrainResult(run_id, experiment.experiment_id, result)
-        out.model_uri = outputs.log_outputs(cfg, dm, result, run_id)
+        try:
+            out.model_uri = outputs.log_outputs(cfg, dm, result, run_id)
+        finally:
+            if cfg.trainer.num_workers >= 1:
+                ray_driver.clean_up(cfg, run_id)
     return out
 
 

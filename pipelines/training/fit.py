@@ -30,14 +30,18 @@ def checkpoint_dir(cfg: DictConfig, run_id: str) -> Path:
 
 def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Optional[str] = None,
         strategy="auto", plugins=None, extra_callbacks: Sequence = (), uri: Optional[str] = None,
-        prepare: Optional[Callable] = None) -> FitResult:
+        prepare: Optional[Callable] = None, checkpoint=None) -> FitResult:
     """Train `cfg` from scratch or from `ckpt_path`, then test the best checkpoint.
 
     Args:
-        run_id: the MLflow run rank 0 logs the epochs and test metrics into (None: log nothing).
+        run_id: the MLflow run rank 0 logs the epochs and test metrics into (None: log nothing; a Ray Train
+            worker's epochs reach MLflow through Ray's reports instead).
         datamodule: the data, already built (default: built here from cfg.data).
-        strategy, plugins, extra_callbacks: what a Ray Train worker adds (RayDDPStrategy, its reporting).
+        strategy, plugins, extra_callbacks: what a Ray Train worker adds (RayDDPStrategy, a fault hook).
         prepare: may check or adapt the Lightning Trainer before fitting (Ray's prepare_trainer).
+        checkpoint: the Lightning Checkpoint callback that keeps the checkpoints and, after fit, names the best
+            one (`best_model_path`, `best_model_score`) for the test pass. Default: a ModelCheckpoint under
+            <output_dir>/checkpoints/<run id>; a Ray Train worker passes its report to Ray's storage instead.
     """
     import lightning as L
     import torch
@@ -51,7 +55,8 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
     dm = datamodule or datamodules.build(cfg.data, cfg.seed)
     dm.setup("fit")
     model = models.build(cfg, dm.spec)
-    ckpt_cb, *others = _callbacks(cfg, run_id, uri or store.tracking_uri(cfg))
+    ckpt_cb = checkpoint or _model_checkpoint(cfg, run_id)
+    others = _callbacks(cfg, run_id, uri or store.tracking_uri(cfg))
     trainer = _trainer(cfg, [ckpt_cb, *extra_callbacks, *others], strategy, plugins)
     if prepare is not None:
         trainer = prepare(trainer)
@@ -79,17 +84,22 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
                      trainer.current_epoch, fit_seconds)
 
 
-def _callbacks(cfg: DictConfig, run_id: Optional[str], uri: str) -> list:
-    """The checkpoint callback first (fit() reads the best checkpoint from it), then epoch logging, early stopping.
+def _model_checkpoint(cfg: DictConfig, run_id: Optional[str]):
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    Callbacks a worker adds go between the two: Lightning runs checkpoint-type callbacks in list order, and Ray's
-    report must commit an epoch's checkpoint before MLflowEpochLogger writes that epoch."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    return ModelCheckpoint(dirpath=str(checkpoint_dir(cfg, run_id or "local")), filename="best-{epoch:03d}",
+                           monitor=cfg.monitor.metric, mode=cfg.monitor.mode, save_top_k=cfg.trainer.save_top_k,
+                           save_last=True, auto_insert_metric_name=False)
+
+
+def _callbacks(cfg: DictConfig, run_id: Optional[str], uri: str) -> list:
+    """After the checkpoint callback (fit() reads the best checkpoint from it, and Lightning runs
+    checkpoint-type callbacks in list order, so an epoch's checkpoint is written before it is logged): epoch
+    logging, the epoch line, early stopping."""
+    from lightning.pytorch.callbacks import EarlyStopping
 
     mode, metric = cfg.monitor.mode, cfg.monitor.metric
-    out = [ModelCheckpoint(dirpath=str(checkpoint_dir(cfg, run_id or "local")), filename="best-{epoch:03d}",
-                           monitor=metric, mode=mode, save_top_k=cfg.trainer.save_top_k, save_last=True,
-                           auto_insert_metric_name=False)]
+    out = []
     if run_id is not None:
         out.append(callbacks.MLflowEpochLogger(run_id, uri))
     if cfg.trainer.progress_bar and not sys.stderr.isatty():

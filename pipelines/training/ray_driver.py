@@ -1,16 +1,18 @@
 """`dlp train trainer.num_workers=N`, the driver's side: the same `fit()` in N Ray Train workers (DDP over gloo
 or NCCL), through a TorchTrainer whose workers run ray_worker.train_worker.
 
-The driver joins the cluster in $RAY_ADDRESS or starts a local one (pipelines/cluster/local.py), runs the
-TorchTrainer and hands back a FitResult whose best checkpoint is a local .ckpt file. With ray_worker.py, the only
-place that imports `ray.train`.
+The driver joins the cluster in $RAY_ADDRESS or starts a local one (pipelines/cluster/local.py) and checks,
+before its MLflow run exists, that every node reaches trainer.storage_path (pipelines/cluster/nodes.py). It runs
+the TorchTrainer with ray_tracking.MLflowReport, which writes each epoch into the run from Ray's controller on
+this node, logs the test metrics the workers return, and hands back a FitResult whose best checkpoint is a
+local copy of Ray's best (removed by `clean_up` once the model is logged). With ray_worker.py and
+ray_tracking.py, the only place that imports `ray.train`.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -20,8 +22,8 @@ from omegaconf import DictConfig
 from pipelines import signals
 from pipelines.errors import UserError
 from pipelines.tracking import names, store
-from pipelines.training import ray_worker
-from pipelines.training.fit import FitResult, checkpoint_dir
+from pipelines.training import ray_tracking, ray_worker
+from pipelines.training.fit import FitResult
 
 log = logging.getLogger("dlp")
 
@@ -61,25 +63,46 @@ def worker_config(cfg: DictConfig) -> Dict[str, Any]:
 def unfinished_run(cfg: DictConfig, experiment_id: str) -> Optional[str]:
     """resume=auto: the newest run of this experiment that Ray holds checkpoints for and MLflow has not seen finish.
 
-    Its Ray run directory is named by the MLflow run id, so training again under that name makes Ray hand
-    the workers its latest checkpoint."""
+    Its Ray run directory (local, shared or s3://) is named by the MLflow run id, so training again under that
+    name makes Ray hand the workers its latest checkpoint."""
+    import pyarrow.fs as pafs
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    root = Path(storage_path(cfg))
-    if "://" in str(cfg.trainer.storage_path or "") or not root.is_dir():
-        return None
+    try:
+        fs, root = pafs.FileSystem.from_uri(storage_path(cfg))
+        runs_ = [e for e in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                 if e.type == pafs.FileType.Directory]
+        snapshots = [i for i in fs.get_file_info([f"{e.path}/checkpoint_manager_snapshot.json" for e in runs_])
+                     if i.type == pafs.FileType.File]
+    except (OSError, ValueError) as e:
+        raise UserError(f"resume=auto: cannot read trainer.storage_path {storage_path(cfg)}: {e}") from None
     client = MlflowClient()
-    snapshots = sorted(root.glob("*/checkpoint_manager_snapshot.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for snapshot in snapshots:
+    for snapshot in sorted(snapshots, key=lambda i: i.mtime_ns or 0, reverse=True):
+        run_dir = snapshot.path.rsplit("/", 2)[-2]
         try:
-            run = client.get_run(snapshot.parent.name)
+            run = client.get_run(run_dir)
         except MlflowException:
             continue
         if run.info.experiment_id == experiment_id and run.info.status != "FINISHED":
-            log.info("resume=auto: continuing run %s from Ray's checkpoints in %s", run.info.run_id, snapshot.parent)
+            log.info("resume=auto: continuing run %s from Ray's checkpoints in %s", run.info.run_id,
+                     snapshot.path.rsplit("/", 1)[0])
             return run.info.run_id
     return None
+
+
+def prepare(cfg: DictConfig, cluster=None) -> None:
+    """Before the MLflow run opens: join (or start) the cluster and check that every node reaches the storage."""
+    from pipelines.cluster import nodes
+
+    if cluster is not None:
+        cluster.connect()
+    nodes.check_storage(storage_path(cfg))
+
+
+def clean_up(cfg: DictConfig, run_id: str) -> None:
+    """Remove what the run staged on this node's disk (the downloaded best checkpoint)."""
+    ray_worker.remove_staging(ray_worker.staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id))
 
 
 def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, callbacks: Sequence = (),
@@ -104,19 +127,20 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
     mlflow.set_tags({names.WORLD_SIZE: str(t.num_workers), names.EFFECTIVE_LR: f"{cfg.optim.lr * lr_factor(cfg):g}",
                      names.RAY_STORAGE: f"{storage_path(cfg)}/{run_id}"})
     own = cluster is None
-    cluster = RayCluster() if own else cluster
+    cluster = RayCluster(env=cfg.cluster.env) if own else cluster
     cluster.connect()
     try:
+        ray_tracking.catch_up(storage_path(cfg), run_id)    # a continued run: an epoch its last process missed
+        start_from = _stage_in(ckpt_path, storage_path(cfg), run_id) if ckpt_path else None
         fit_called = time.time()
-        result, wall = _fit_on_ray(cfg, run_id, uri, ckpt_path, callbacks)
+        result, wall = _fit_on_ray(cfg, run_id, uri, start_from, callbacks)
     finally:
-        shutil.rmtree(ray_worker.staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id),
-                      ignore_errors=True)
         cluster.stop(background=not own)
     out = result.return_value or {}
+    mlflow.log_metrics(out.get("test_metrics", {}))
     _log_launch_times(out, fit_called, wall, process_started)
     best, score = _best_checkpoint(result, cfg, run_id)
-    return FitResult(best_checkpoint=best or out.get("best_checkpoint"),
+    return FitResult(best_checkpoint=best,
                      best_score=score if score is not None else out.get("best_score"),
                      test_metrics=out.get("test_metrics", {}), epochs=out.get("epochs", 0),
                      fit_seconds=out.get("fit_seconds", wall))
@@ -151,11 +175,25 @@ def process_start() -> Optional[float]:
         return None
 
 
+def _stage_in(ckpt_path: str, storage: str, run_id: str) -> str:
+    """Copy the checkpoint to start from (resume=<file> on this machine) into Ray's storage, where every worker
+    reads it; returns its URI there."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(storage)
+    dest = f"{root.rstrip('/')}/{run_id}/dlp-start/{ray_worker.CKPT_FILE}"
+    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+    pafs.copy_files(str(Path(ckpt_path).resolve()), dest, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    return dest if "://" not in storage else f"{storage.split('://', 1)[0]}://{dest}"
+
+
 def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], callbacks: Sequence):
     from ray.train import TrainingFailedError
 
-    config = {"cfg": worker_config(cfg), "run_id": run_id, "uri": store.absolute_uri(uri), "ckpt_path": ckpt_path,
+    config = {"cfg": worker_config(cfg), "run_id": run_id, "ckpt_path": ckpt_path,
               "fault": os.environ.get("DLP_FAULT"), "storage": storage_path(cfg)}
+    callbacks = [ray_tracking.MLflowReport(run_id, store.absolute_uri(uri)), *callbacks]
     trainer = _torch_trainer(cfg, config, run_id, callbacks)
     start = time.perf_counter()
     try:
@@ -178,7 +216,8 @@ def _torch_trainer(cfg: DictConfig, config: Dict[str, Any], run_id: str, callbac
     return TorchTrainer(
         ray_worker.train_worker, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=dict(t.resources_per_worker) or {"CPU": 1}),
+                                     resources_per_worker=dict(t.resources_per_worker) or {"CPU": 1},
+                                     label_selector=_plain(t.label_selector)),
         run_config=RunConfig(
             name=run_id, storage_path=storage_path(cfg), callbacks=list(callbacks) or None,
             failure_config=FailureConfig(max_failures=t.max_failures),
@@ -190,7 +229,15 @@ def _torch_trainer(cfg: DictConfig, config: Dict[str, Any], run_id: str, callbac
             logging_config=LoggingConfig(log_level="WARNING")))
 
 
+def _plain(value):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def _failure_message(error: Exception, max_failures: int) -> str:
+    """One line that keeps Ray's cause: which worker died or what it raised, or what the controller could not do
+    (e.g. use the storage from a node); raising trainer.max_failures is suggested only when a worker died."""
     from ray.exceptions import RayActorError
 
     def died(exc: Exception) -> bool:  # Ray reports a vanished worker as a failed health check or a dead actor
@@ -198,20 +245,29 @@ def _failure_message(error: Exception, max_failures: int) -> str:
         return isinstance(exc, RayActorError)
 
     failures = getattr(error, "worker_failures", None) or {}
+    retries = "no restarts allowed" if max_failures == 0 else f"after {max_failures} restart(s)"
     if failures:
         # a worker whose process died is the cause; its peers only see their collectives break
         rank, exc = min(failures.items(), key=lambda item: (not died(item[1]), item[0]))
         if died(exc):
-            why = f"worker rank {rank} died (its process exited; see its log above)"
-        else:
-            what = str(exc).strip().splitlines()
-            why = f"worker rank {rank} raised {type(exc).__name__}: {what[0] if what else ''}"
-    else:
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        why = lines[-1] if lines else type(error).__name__
-    retries = "no restarts allowed" if max_failures == 0 else f"after {max_failures} restart(s)"
-    return (f"distributed training failed ({retries}; raise trainer.max_failures to survive worker loss): "
-            f"{why[:300]}")
+            return (f"distributed training failed ({retries}; raise trainer.max_failures to survive worker "
+                    f"loss): worker rank {rank} died (its process exited; see its log above)")
+        exc = getattr(exc, "cause", None) or exc   # a RayTaskError wraps the worker's own exception
+        return f"distributed training failed: worker rank {rank} raised {type(exc).__name__}: {_cause(exc)}"
+    exc = getattr(error, "controller_failure", None) or error
+    exc = getattr(exc, "cause", None) or exc
+    return f"distributed training failed: {type(exc).__name__}: {_cause(exc)}"
+
+
+def _cause(exc: Exception) -> str:
+    """The message of `exc` without its traceback, its lines joined, at most 400 characters."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith((" ", "Traceback"))]
+    text = " ".join(lines)
+    if "Unable to set up cluster storage" in text:
+        return ("Ray could not use trainer.storage_path from a worker's node; on several nodes it must be "
+                "s3://bucket/prefix or a shared filesystem every node mounts")
+    return text[:400]
 
 
 def _best_checkpoint(result, cfg: DictConfig, run_id: str) -> tuple:
@@ -226,5 +282,6 @@ def _best_checkpoint(result, cfg: DictConfig, run_id: str) -> tuple:
     if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem):
         path = Path(ckpt.path) / ray_worker.CKPT_FILE
     else:
-        path = Path(ckpt.to_directory(str(checkpoint_dir(cfg, run_id) / "ray-best"))) / ray_worker.CKPT_FILE
+        staging = ray_worker.staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id)
+        path = Path(ckpt.to_directory(str(staging / "best"))) / ray_worker.CKPT_FILE
     return (str(path) if path.is_file() else None), float(metrics[cfg.monitor.metric])

@@ -1,16 +1,18 @@
 """`dlp train trainer.num_workers=N`, a worker's side: each Ray Train worker runs `train_worker`, which calls the
 same `fit()` as an in-process run, under RayDDPStrategy.
 
-Per epoch, every worker reports to Ray and rank 0 hands Ray the epoch's Lightning checkpoint; rank 0 writes the
-epoch to MLflow only after Ray has committed that checkpoint, so a restarted worker group (trainer.max_failures)
-always resumes at or after the last epoch MLflow holds and no epoch is ever logged twice or from an attempt that
-was thrown away.
+No shared disk is assumed: per epoch, every worker reports to Ray and rank 0 hands Ray the epoch's Lightning
+checkpoint, which Ray copies into trainer.storage_path (a local folder on one node; a shared filesystem or
+s3:// on several). The test pass after fit reads Ray's best checkpoint from there on every rank, a restarted
+worker group resumes from Ray's latest, and what a worker staged on its node's disk is removed when it ends.
+Workers never write to MLflow: Ray's controller does, on the driver's node (ray_tracking.py).
 
 Test hook: DLP_FAULT="rank=R,epoch=E" makes worker R exit hard during epoch E (0-based) of the first attempt
 only, to exercise fault tolerance.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,17 +23,26 @@ from typing import Any, Dict, Optional
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.tracking import console, names, runs
+from pipelines.tracking import callbacks, console, names, runs
 from pipelines.training.fit import fit
+from pipelines.training.ray_tracking import EPOCH_FILE
 
 CKPT_FILE = "model.ckpt"
-EPOCH_FILE = "dlp_epoch.json"        # the epoch and metrics a Ray checkpoint holds, for resuming the MLflow curve
 
 
 def staging_dir(storage: str, output_dir: str, run_id: str) -> Path:
-    """Where rank 0 writes a checkpoint before Ray copies it into storage (not /tmp: nothing piles up there)."""
+    """Where a worker writes a checkpoint before Ray copies it into storage, and fetches one to read: beside
+    a local storage, else under output_dir on this node (not /tmp: nothing piles up there); removed at the end."""
     root = Path(storage) / ".staging" if "://" not in storage else Path(output_dir) / "ray-staging"
     return root / run_id
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove this run's staging folder, and the folders above it that it leaves empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for parent in (staging.parent, staging.parent.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def train_worker(config: Dict[str, Any]):
@@ -49,30 +60,42 @@ def train_worker(config: Dict[str, Any]):
 
     cfg = OmegaConf.create(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
-    run_id, uri = config["run_id"], config["uri"]
-    staging = staging_dir(config["storage"], cfg.output_dir, run_id)
-    callbacks = [RayReport(staging, rank)]
-    if config.get("fault"):
-        callbacks.append(FaultHook(config["fault"], staging / "fault-fired"))
+    staging = staging_dir(config["storage"], cfg.output_dir, config["run_id"])
+    checkpoint = ray.train.get_checkpoint()
+    report = RayReport(staging, rank, cfg.monitor.metric, cfg.monitor.mode)
+    # the fault fires on a first attempt only: a restart resumes from a Ray checkpoint
+    faults = [FaultHook(config["fault"], staging / "fault-fired")] if config.get("fault") and not checkpoint else []
 
     def go(ckpt_path: Optional[str], next_epoch: int = 0):
-        out = fit(cfg, run_id, datamodule=_datamodule(cfg, next_epoch), ckpt_path=ckpt_path,
-                  strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
-                  extra_callbacks=callbacks, uri=uri, prepare=prepare_trainer)
-        return {"best_checkpoint": out.best_checkpoint, "best_score": out.best_score,
-                "test_metrics": out.test_metrics, "epochs": out.epochs, "fit_seconds": out.fit_seconds,
-                "entered_at": entered, "returned_at": time.time()}
+        out = fit(cfg, None, datamodule=_datamodule(cfg, next_epoch), ckpt_path=ckpt_path,
+                  strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], checkpoint=report,
+                  extra_callbacks=faults, prepare=prepare_trainer)
+        return {"best_score": out.best_score, "test_metrics": out.test_metrics, "epochs": out.epochs,
+                "fit_seconds": out.fit_seconds, "entered_at": entered, "returned_at": time.time()}
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return go(config.get("ckpt_path"))
-    with checkpoint.as_directory() as d:
-        epoch_info = json.loads((Path(d) / EPOCH_FILE).read_text())
-        if rank == 0:
-            print(f"resuming from checkpoint {checkpoint.path}/{CKPT_FILE} "
-                  f"(epoch {epoch_info['epoch'] + 1} of {cfg.trainer.max_epochs} done)", flush=True)
-            _catch_up_mlflow(run_id, uri, epoch_info)
-        return go(str(Path(d) / CKPT_FILE), epoch_info["epoch"] + 1)
+    try:
+        if checkpoint is None:
+            start = config.get("ckpt_path")
+            return go(_fetch(start, staging / f"resume-rank{rank}") if start else None)
+        with checkpoint.as_directory() as d:
+            epoch_info = json.loads((Path(d) / EPOCH_FILE).read_text())
+            if rank == 0:
+                print(f"resuming from checkpoint {checkpoint.path}/{CKPT_FILE} "
+                      f"(epoch {epoch_info['epoch'] + 1} of {cfg.trainer.max_epochs} done)", flush=True)
+            return go(str(Path(d) / CKPT_FILE), epoch_info["epoch"] + 1)
+    finally:
+        remove_staging(staging)
+
+
+def _fetch(uri: str, directory: Path) -> str:
+    """A copy on this node of the checkpoint file at `uri` in Ray's storage (the driver put it there)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    directory.mkdir(parents=True, exist_ok=True)
+    local = directory / CKPT_FILE
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return str(local)
 
 
 def _datamodule(cfg: DictConfig, next_epoch: int):
@@ -86,30 +109,24 @@ def _datamodule(cfg: DictConfig, next_epoch: int):
     return dm
 
 
-def _catch_up_mlflow(run_id: str, uri: str, epoch_info: dict) -> None:
-    """Log the resumed checkpoint's epoch if the failed attempt died between Ray's commit and the MLflow write."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    epoch = int(epoch_info["epoch"])
-    if epoch > runs.last_logged_epoch(client, run_id):
-        runs.log_metrics(client, run_id, epoch_info["metrics"], step=epoch)
-
-
 class RayReport(Checkpoint):
-    """Reports every epoch to Ray Train, with rank 0's Lightning checkpoint; waits for Ray's commit on rank 0.
+    """fit()'s checkpoint callback in a worker: every epoch goes to Ray Train with rank 0's Lightning checkpoint,
+    and after fit the best of Ray's checkpoints is the one every rank tests.
 
-    A Checkpoint subclass so Lightning runs it after the LightningModule's on_train_epoch_end (metrics
-    final) and before MLflowEpochLogger, which fit() adds later: by the time an epoch reaches MLflow,
-    the checkpoint a restart would resume from is at least that epoch.
+    A Checkpoint subclass so Lightning runs it after the LightningModule's on_train_epoch_end (metrics final).
+    Rank 0 waits for Ray to commit each checkpoint, so the best one is known to Ray when training ends.
     """
 
-    def __init__(self, staging: Path, rank: int):
-        self.staging, self.rank = staging, rank
-        self._epoch_start = 0.0
+    def __init__(self, staging: Path, rank: int, monitor: str, mode: str):
+        self.staging, self.rank, self.monitor, self.mode = staging, rank, monitor, mode
+        self.clock = callbacks.EpochClock()
+        self._best: Optional[tuple] = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()
+        self.clock.epoch_started()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.clock.validation_started()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         import ray.train
@@ -117,8 +134,7 @@ class RayReport(Checkpoint):
         from ray.train import CheckpointConsistencyMode
 
         epoch = trainer.current_epoch
-        metrics = runs.epoch_metrics(trainer.callback_metrics)
-        metrics[names.EPOCH_SECONDS] = time.perf_counter() - self._epoch_start
+        metrics = {**runs.epoch_metrics(trainer.callback_metrics), **self.clock.times()}
         directory = self.staging / f"epoch={epoch:04d}-rank{self.rank}"
         if self.rank == 0:
             shutil.rmtree(directory, ignore_errors=True)
@@ -131,10 +147,38 @@ class RayReport(Checkpoint):
         if self.rank == 0:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
+    @property
+    def best_model_path(self) -> Optional[str]:
+        """A local copy (or, on a local storage, the path) of Ray's best checkpoint by the monitored metric."""
+        return self._resolve_best()[0]
+
+    @property
+    def best_model_score(self) -> Optional[float]:
+        return self._resolve_best()[1]
+
+    def _resolve_best(self) -> tuple:
+        if self._best is None:
+            import pyarrow.fs as pafs
+            import ray.train
+            from ray.train import CheckpointConsistencyMode
+
+            reported = ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            scored = [r for r in reported if r.metrics.get(self.monitor) is not None]
+            if not scored:
+                self._best = (None, None)
+                return self._best
+            pick = max if self.mode == "max" else min
+            best = pick(scored, key=lambda r: r.metrics[self.monitor])
+            ckpt = best.checkpoint
+            if isinstance(ckpt.filesystem, pafs.LocalFileSystem) and (Path(ckpt.path) / CKPT_FILE).is_file():
+                path = Path(ckpt.path) / CKPT_FILE
+            else:
+                path = Path(ckpt.to_directory(str(self.staging / f"best-rank{self.rank}"))) / CKPT_FILE
+            self._best = (str(path), float(best.metrics[self.monitor]))
+        return self._best
+
     def state_dict(self) -> Dict:
         return {}
-
-
 class FaultHook(Checkpoint):
     """Test hook (DLP_FAULT="rank=R,epoch=E"): worker R exits hard in epoch E, once per run."""
 
