@@ -1,6 +1,8 @@
 """`dlp tune experiment=X tune=Y [overrides] [resume=true|false]`: a Ray Tune sweep, nested in MLflow."""
 from __future__ import annotations
 
+import sys
+
 from pipelines.cli.common import command, overrides, quiet
 
 
@@ -16,5 +18,10 @@ def cmd_tune(args) -> int:
 
     sweep = spec.prepare(overrides(args))  # config and search-space errors: before Ray or MLflow start
     quiet()
-    print(report.summary(tuner.run(sweep)))
+    result = tuner.run(sweep)
+    print(report.summary(result))
+    failure = result.failure()
+    if failure:
+        print(f"dlp: error: {failure}", file=sys.stderr)
+        return 1
     return 0

@@ -25,9 +25,11 @@ def alive_nodes() -> List[Dict]:
 
 
 def driver_node_ip() -> str:
+    """The address of this process's node, as Ray names it (its `node:<ip>` resource)."""
     import ray
 
-    return ray.util.get_node_ip_address()
+    me = ray.get_runtime_context().get_node_id()
+    return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == me)
 
 
 def check_storage(storage: str) -> None:

@@ -24,8 +24,11 @@ class SweepConfig:
     reduction_factor: int = 2         # asha/hyperband: keep the best 1/reduction_factor at each rung
     seed: int = 0                     # the searcher's seed (each trial trains with the experiment's seed)
     overrides: List[str] = field(default_factory=list)   # applied to every trial before its sampled values
+    on_error: str = "fail"            # fail: `dlp tune` exits 1 if any trial errored; ignore: only if none completed
     trial_memory_mb: int = 64         # the logical memory a trial's driver reserves (it holds no CPU: see sweeps/tuner.py)
 
 
-SWEEP_CHOICES: Dict[str, tuple] = {"search": ("grid", "random", "optuna"), "scheduler": ("fifo", "asha", "hyperband")}
+SWEEP_CHOICES: Dict[str, tuple] = {"search": ("grid", "random", "optuna"),
+                                   "scheduler": ("fifo", "asha", "hyperband"),
+                                   "on_error": ("fail", "ignore")}
 SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform", "qrandint")

@@ -32,6 +32,17 @@ class SweepResult:
     def model_name(self) -> str:
         return model_name(self.sweep)
 
+    def failure(self) -> Optional[str]:
+        """Why `dlp tune` exits 1 (None: it succeeded): no trial completed, or (tune.on_error=fail) one errored."""
+        errored = [t for t in self.trials if t.status == "errored"]
+        if not any(t.status == "completed" for t in self.trials):
+            why = f"; {len(errored)} errored, the first: {errored[0].error[:160]}" if errored else ""
+            return f"tune: no trial of {len(self.trials)} completed{why}"
+        if errored and self.sweep.spec.on_error == "fail":
+            return (f"tune: {len(errored)} of {len(self.trials)} trials errored (the first: {errored[0].error[:160]}); "
+                    "tune.on_error=ignore exits 0 when at least one trial completed")
+        return None
+
     @property
     def challenger(self) -> Optional[str]:
         return f"models:/{self.model_name}@{names.CHALLENGER}" if self.challenger_version else None

@@ -16,6 +16,10 @@ run's id.
 Resources: a trial's driver only waits on its Train workers, so it reserves a little logical memory and no CPU;
 on a 2-CPU machine two trial drivers holding a CPU each would leave their workers none (deadlock). A sweep whose
 concurrent trials cannot fit the cluster is refused before anything starts.
+
+On a cluster of several nodes the trial drivers stay on this node (where the Tune state, and a local tracking
+store, live); their Train workers go anywhere, with checkpoints in trainer.storage_path (each trial's under
+<storage_path>/tune/<sweep run id>/), which every node must reach.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import signals
+from pipelines.cluster import local, nodes
 from pipelines.errors import UserError
 from pipelines.sweeps import report, search, trials
 from pipelines.sweeps.spec import Sweep, decode, tune_space
@@ -59,9 +64,12 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
     parent, path = _find_unfinished(sweep, experiment.experiment_id)
     parent = parent or outer
     # trials' Ray logs stay in Ray's session dir; the table shows them
-    with RayCluster(log_to_driver=False) as cluster:
+    with RayCluster(log_to_driver=False, env=sweep.cfg.cluster.env) as cluster:
         cluster.connect()
         check_fits(sweep.cfg, sweep.spec.max_concurrent_trials, ray.cluster_resources())
+        local.check_outside_job_dir(output_dir=sweep.cfg.output_dir,
+                                    **{"trainer.storage_path": sweep.cfg.trainer.storage_path})
+        nodes.check_storage(sweep.cfg.trainer.storage_path or str(Path(sweep.cfg.output_dir).resolve() / "tune"))
         run_obj = mlflow.start_run(run_id=parent, run_name=None if parent else f"sweep-{sweep.name}",
                                    tags=None if parent else run_tags)
         parent = run_obj.info.run_id
@@ -163,11 +171,13 @@ def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str):
     base = with_absolute_paths(sweep.cfg)
     # the trials' runs go where the sweep run is: under `mlflow run`, the experiment MLflow chose for it
     base["mlflow"]["experiment_name"] = experiment
-    base["trainer"]["storage_path"] = str(path / "train")
+    base["trainer"]["storage_path"] = _train_storage(sweep.cfg, path)
     base["mlflow"]["registered_model_name"] = None     # trials log models; the sweep registers the best one
     info = {"parent": parent, "uri": uri, "encoded": sweep.encoded, "sweep": sweep.name}
+    # trial drivers on this node (Ray's node:<ip> resource); a tiny share, so any number of them fits
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base, info=info),
-                                    {"memory": sweep.spec.trial_memory_mb * 1024 ** 2})
+                                    {"memory": sweep.spec.trial_memory_mb * 1024 ** 2,
+                                     f"node:{nodes.driver_node_ip()}": 0.001})
     if path.exists() and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     s = sweep.spec
@@ -180,6 +190,12 @@ def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str):
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                   callbacks=[TrialTable(sweep.metric, list(s.space), sweep.cfg.trainer.max_epochs)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _train_storage(cfg: DictConfig, path: Path) -> str:
+    """Where the trials' Ray Train checkpoints go: under trainer.storage_path when set, else in the sweep's dir."""
+    root = cfg.trainer.storage_path
+    return f"{root.rstrip('/')}/tune/{path.name}" if root else str(path / "train")
 
 
 def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -> None:
