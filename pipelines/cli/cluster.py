@@ -45,9 +45,11 @@ def cmd_submit(args) -> int:
     runnable = sorted(set(args.commands) - NOT_SUBMITTABLE)
     if command_[0] not in runnable:
         raise UserError(f"submit: '{command_[0]}' is not a dlp command a job can run; one of {', '.join(runnable)}")
-    if command_[0] == "train":
-        jobs.prepare_train(command_[1:])  # config errors here, before any upload
     address = jobs.resolve_address(args.address)
+    if command_[0] == "train":
+        jobs.prepare_train(command_[1:], address)  # config and store errors here, before any upload
+    else:
+        jobs.check_store_reachable(address)
     job_id = jobs.submit(command_, address, env=args.env)
     print(f"submitted {job_id} to {address}: dlp {' '.join(command_)}")
     if not args.wait:
@@ -65,6 +67,10 @@ def _follow(job_id: str, address: str) -> int:
         print(f"dlp: stopped following; {job_id} keeps running (dlp stop {job_id})", file=sys.stderr)
         return 130
     if status != "SUCCEEDED":
+        error = jobs.user_error(job_id, address) if status == "FAILED" else ""
+        if error:   # the job refused its input (exit 2, one line): so does this command
+            print(f"dlp: error: job {job_id}: {error}", file=sys.stderr)
+            return 2
         why = jobs.failure(job_id, address)
         print(f"dlp: job {job_id} {status}" + (f": {why}" if why else ""), file=sys.stderr)
         return 1

@@ -19,7 +19,9 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
 
+from pipelines.cluster import local
 from pipelines.errors import UserError, first_line
 from pipelines.tracking.store import DEFAULT_TRACKING_URI, REPO, absolute_uri
 
@@ -27,7 +29,8 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of `ray start --head`
 # Kept out of the working_dir upload (Ray also skips what .gitignore lists): envs, stores, outputs.
 EXCLUDES = [".venv", ".git", "mlruns", "mlartifacts", "mlflow.db", "outputs", "checkpoints", "*.ckpt",
             "benchmarks/results", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"]
-PASSED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",)
+PASSED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "DLP_OUTPUT_DIR")
+OUTPUT_ENV = "DLP_OUTPUT_DIR"              # conf/config.yaml's output_dir default
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 COMMAND_KEY = "dlp.command"                # a job's metadata: the dlp command it runs, for `dlp jobs`
 START_HINT = "start one with `ray start --head --dashboard-host=127.0.0.1`, or pass --address / set RAY_ADDRESS"
@@ -46,11 +49,7 @@ def auth_headers() -> Dict[str, str]:
     Ray >= 2.59 turns token auth on for local clusters once a token file exists; a cluster without
     auth ignores the header, so sending it whenever a token is at hand works both ways.
     """
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if not token:
-        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-        with contextlib.suppress(OSError):
-            token = path.expanduser().read_text().strip()
+    token = local.auth_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -87,14 +86,37 @@ def connect(address: str):
         raise UserError(f"no Ray cluster reachable at {address} ({first_line(e)}); {START_HINT}") from None
 
 
-def runtime_env(env: str = "local") -> Dict:
-    """working_dir = this repository; env 'pip' adds pyproject's dependencies for a bare cluster."""
-    env_vars = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+def runtime_env(env: str = "local", address: str = DEFAULT_ADDRESS) -> Dict:
+    """working_dir = this repository; env 'pip' adds pyproject's dependencies for a bare cluster. Its env_vars:
+    cluster.env's defaults from here (AWS_*, MLFLOW_*, ...; values never printed), the store made absolute, and
+    for a cluster on this machine the output folder here (a job's working_dir is deleted after it)."""
+    env_vars = local.passed_env(local.DEFAULT_ENV)
+    env_vars.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
     env_vars["MLFLOW_TRACKING_URI"] = absolute_tracking_uri()
+    if is_loopback(address):
+        env_vars[OUTPUT_ENV] = str(Path(os.environ.get(OUTPUT_ENV) or "outputs").resolve())
     out = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env_vars}
     if env == "pip":
         out["pip"] = project_dependencies()
     return out
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` (http://host:port, host:port or a bare host) names this machine's loopback."""
+    host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def check_store_reachable(address: str, uri: Optional[str] = None) -> None:
+    """A job on a cluster elsewhere cannot reach a store on this machine's disk or loopback: refuse it here."""
+    uri = absolute_tracking_uri(uri)
+    local_file = uri.startswith(("sqlite:", "file:"))
+    if is_loopback(address) or not (local_file or uri.startswith("http") and is_loopback(uri)):
+        return
+    what = "a file on this machine" if local_file else "a server on this machine's loopback"
+    raise UserError(f"submit: the tracking store {uri} is {what}, which the cluster at {address} cannot reach; "
+                    "start a team server (`dlp server --host <address the nodes reach>`) and set "
+                    "MLFLOW_TRACKING_URI to it")
 
 
 def absolute_tracking_uri(uri: Optional[str] = None) -> str:
@@ -112,8 +134,8 @@ def project_dependencies() -> List[str]:
         return list(tomllib.load(f)["project"]["dependencies"])
 
 
-def prepare_train(overrides: Sequence[str]) -> None:
-    """Check a `train` command's config here, and create its experiment in a local store here.
+def prepare_train(overrides: Sequence[str], address: str = DEFAULT_ADDRESS) -> None:
+    """Check a `train` command's config and store here, and create its experiment in a local store here.
 
     A config error then costs no upload; and an experiment created by the job would put its
     artifacts under the job's temporary working_dir, where `dlp ui` cannot find them.
@@ -121,6 +143,7 @@ def prepare_train(overrides: Sequence[str]) -> None:
     from pipelines.config.compose import compose
 
     cfg = compose(list(overrides))
+    check_store_reachable(address, cfg.mlflow.tracking_uri)
     uri = absolute_tracking_uri(cfg.mlflow.tracking_uri)
     if not uri.startswith(("sqlite:", "file:")):
         return
@@ -137,7 +160,7 @@ def submit(args: Sequence[str], address: str, env: str = "local") -> str:
     client = connect(address)
     job_id = f"dlp-{args[0]}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     try:
-        return client.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env(env), submission_id=job_id,
+        return client.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env(env, address), submission_id=job_id,
                                  metadata={COMMAND_KEY: shlex.join(["dlp", *args])})
     except RuntimeError as e:
         raise UserError(f"submit: the cluster at {address} refused the job: {first_line(e)}") from None
@@ -201,6 +224,15 @@ def follow_logs(client, job_id: str, out=None) -> str:
     while (status := client.get_job_status(job_id).value) not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.5)
     return status
+
+
+def user_error(job_id: str, address: str) -> str:
+    """The one-line error of a job whose `dlp` command exited 2 (a user error), without its `dlp: error: `."""
+    client = connect(address)
+    if "exit code 2" not in (client.get_job_info(job_id).message or ""):
+        return ""
+    lines = [line for line in client.get_job_logs(job_id).splitlines() if line.startswith("dlp: error: ")]
+    return lines[-1][len("dlp: error: "):] if lines else ""
 
 
 def failure(job_id: str, address: str) -> str:

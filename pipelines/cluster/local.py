@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import threading
@@ -57,6 +58,36 @@ def passed_env(patterns: Sequence[str] = DEFAULT_ENV) -> Dict[str, str]:
             if k not in NEVER_PASSED and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
+def _job_runtime_env() -> Dict:
+    """The runtime env of the Ray job this process is the driver of (`dlp submit`); {} outside a job."""
+    return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+
+
+def job_working_dir() -> Optional[Path]:
+    """The temporary copy of the repository a submitted job runs in (its cwd; Ray deletes it later), else None."""
+    return Path.cwd().resolve() if _job_runtime_env().get("working_dir") else None
+
+
+def check_outside_job_dir(**paths: Optional[str]) -> None:
+    """In a submitted job, refuse local output paths that resolve inside its temporary working_dir: whatever is
+    written there (checkpoints, the sweep's state) is gone after the job."""
+    work = job_working_dir()
+    for key, path in paths.items():
+        if work is None or not path or "://" in str(path):
+            continue
+        if Path(path).expanduser().resolve().is_relative_to(work):
+            raise UserError(f"{key}={path} is inside this Ray job's temporary working_dir ({work}), which Ray deletes "
+                            f"after the job; pass {key}=<an absolute path on the cluster> (or set DLP_OUTPUT_DIR in "
+                            "the cluster's environment; `dlp submit` sets it for a cluster on this machine)")
+
+
+def driver_runtime_env(patterns: Sequence[str]) -> Dict:
+    """The runtime env this driver asks of a joined cluster: passed_env(patterns), less what a Ray job's own runtime
+    env (`dlp submit` passes the same patterns) already sets, since Ray refuses a driver that repeats a job's key."""
+    already = set(_job_runtime_env().get("env_vars") or {})
+    return {"env_vars": {k: v for k, v in passed_env(patterns).items() if k not in already}}
+
+
 def auth_token() -> str:
     """The Ray auth token at hand: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token ('' if none)."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
@@ -86,7 +117,7 @@ def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> boo
         if auth_token() and not os.environ.get("RAY_AUTH_MODE"):
             os.environ["RAY_AUTH_MODE"] = "token"   # a cluster started with a token requires it of every client
         try:
-            ray.init(runtime_env={"env_vars": passed_env(env)}, **quiet)
+            ray.init(runtime_env=driver_runtime_env(env), **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             hint = ("it uses token auth: set RAY_AUTH_TOKEN or copy the head's ~/.ray/auth_token here"
                     if not auth_token() else "check the address and that the head node is up")

@@ -136,5 +136,6 @@ class RootConfig:
     name: str = MISSING
     seed: int = 42
     resume: Optional[str] = None      # path to a .ckpt, "last", or "auto" (num_workers >= 1: the unfinished run, if any)
-    output_dir: str = "outputs"       # checkpoints live under <output_dir>/checkpoints/<run_id>/
+    # checkpoints live under <output_dir>/checkpoints/<run_id>/; DLP_OUTPUT_DIR: where a cluster's jobs write
+    output_dir: str = "${oc.env:DLP_OUTPUT_DIR,outputs}"
     tags: Dict[str, str] = field(default_factory=dict)   # extra MLflow run tags: +tags.team=vision

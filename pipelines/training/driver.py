@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from pipelines.cluster import local
 from pipelines.tracking import console, names, runs, store
 from pipelines.training import checks, outputs, ray_driver
 from pipelines.training.fit import FitResult, fit
@@ -43,6 +44,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     dm.setup("fit")  # bad data fails here, before any MLflow run exists
     checks.check_metric(cfg.monitor.metric, dm.spec.task)
     resume_from = checks.resolve_resume(cfg)
+    local.check_outside_job_dir(output_dir=cfg.output_dir, **{"trainer.storage_path": cfg.trainer.storage_path})
     if resume_from is not None:
         checks.check_checkpoint_matches(resume_from, cfg)
 
