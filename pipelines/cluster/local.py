@@ -98,6 +98,16 @@ def auth_token() -> str:
     return token
 
 
+def _token_auth_on() -> None:
+    """RAY_AUTH_MODE=token for this process and its children: a cluster started with a token requires it of
+    every client, and Ray never turns it on by itself for an explicit address. Ray caches its settings when first
+    imported, so they are re-read (what Ray does when it turns token auth on for a local cluster)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
 def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> bool:
     """Join $RAY_ADDRESS, reuse this process's Ray, or start a local cluster sized to the machine, in this thread.
 
@@ -115,9 +125,10 @@ def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> boo
     quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
     if address:
         if auth_token() and not os.environ.get("RAY_AUTH_MODE"):
-            os.environ["RAY_AUTH_MODE"] = "token"   # a cluster started with a token requires it of every client
+            _token_auth_on()
         try:
-            ray.init(runtime_env=driver_runtime_env(env), **quiet)
+            with _without_gcs_retries():
+                ray.init(runtime_env=driver_runtime_env(env), **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
             hint = ("it uses token auth: set RAY_AUTH_TOKEN or copy the head's ~/.ray/auth_token here"
                     if not auth_token() else "check the address and that the head node is up")
@@ -127,6 +138,28 @@ def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> boo
         # a local cluster turns token auth on by itself (~/.ray/auth_token); only the dashboard honours the host
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     return True
+
+
+@contextlib.contextmanager
+def _without_gcs_retries():
+    """Ray's C++ client writes a line to fd 2 for each failed GCS attempt (~20 of them with a wrong token or
+    address) before ray.init gives up; the UserError says it once. Everything else written meanwhile is kept."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if b"gcs_client" not in line]
+            os.write(2, b"".join(kept))
 
 
 class RayCluster:
