@@ -12,6 +12,7 @@ EPOCH_PREFIXES = ("train/", "val/")          # logged once per epoch by rank 0
 TEST_PREFIX = "test/"                        # logged once, after the test pass
 EPOCH_PROBE = "train/loss"                   # logged every epoch: its last step is the last epoch a run holds
 EPOCH_KEY = "epoch"                          # the epoch (0-based) in every report to Ray Train and Tune
+NODE_KEY = "node"                            # the reporting worker's node address, in every report to Ray Train
 PERF_PREFIX = "perf/"
 EPOCH_SECONDS = "perf/epoch_seconds"         # the whole epoch: training batches, validation, checkpoint
 TRAIN_SECONDS = "perf/train_seconds"         # the training batches only
@@ -34,6 +35,7 @@ FINGERPRINT_KEYS = ("source", "n_train", "n_val", "n_test", "hash")
 MODEL_URI = "dlp.model_uri"                  # the LoggedModel's models:/m-... URI
 RESUMED_FROM = "dlp.resumed_from"
 WORLD_SIZE = "dlp.world_size"
+WORKER_NODES = "dlp.worker_nodes"            # each rank's node, in rank order: "10.0.0.2,10.0.0.1" (the latest attempt's)
 EFFECTIVE_LR = "dlp.effective_lr"
 RAY_STORAGE = "dlp.ray_storage"
 

@@ -31,6 +31,7 @@ class MLflowReport(UserCallback):
         self.run_id, self.uri = run_id, uri
         self._client = None
         self._last = -1
+        self._nodes = ""
 
     def after_report(self, run_context, metrics: List[Dict[str, Any]], checkpoint) -> None:
         if not metrics or names.EPOCH_KEY not in metrics[0]:
@@ -40,6 +41,10 @@ class MLflowReport(UserCallback):
 
             self._client = MlflowClient(self.uri)
             self._last = runs.last_logged_epoch(self._client, self.run_id)
+        nodes = ",".join(str(m.get(names.NODE_KEY, "?")) for m in metrics)
+        if nodes != self._nodes:   # where each rank runs, once per worker group
+            self._client.set_tag(self.run_id, names.WORKER_NODES, nodes)
+            self._nodes = nodes
         epoch = int(metrics[0][names.EPOCH_KEY])
         if epoch <= self._last:
             return

@@ -121,6 +121,9 @@ class RayReport(Checkpoint):
         self.staging, self.rank, self.monitor, self.mode = staging, rank, monitor, mode
         self.clock = callbacks.EpochClock()
         self._best: Optional[tuple] = None
+        import ray
+
+        self.node = ray.util.get_node_ip_address()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.clock.epoch_started()
@@ -142,7 +145,7 @@ class RayReport(Checkpoint):
             (directory / EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
         trainer.save_checkpoint(str(directory / CKPT_FILE))  # collective: every rank calls it, rank 0 writes
         checkpoint = RayCheckpoint.from_directory(str(directory)) if self.rank == 0 else None
-        ray.train.report({**metrics, names.EPOCH_KEY: epoch}, checkpoint=checkpoint,
+        ray.train.report({**metrics, names.EPOCH_KEY: epoch, names.NODE_KEY: self.node}, checkpoint=checkpoint,
                          delete_local_checkpoint_after_upload=self.rank == 0)
         if self.rank == 0:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
