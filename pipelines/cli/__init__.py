@@ -12,6 +12,7 @@
     dlp rollback M                             champion back to the version that held it before
     dlp models                                 registered models, versions, aliases and test metrics (registry.py)
     dlp ui [--port N]                          MLflow UI on 127.0.0.1 over the same store       (ui.py)
+    dlp server [--host H] [--backend-store-uri] a team's tracking server: auth, proxied artifacts (server.py)
     dlp submit [--address A] [--wait] -- CMD   run `dlp CMD` on a Ray cluster (Ray Jobs API)    (cluster.py)
     dlp jobs | dlp logs ID [--follow] | dlp stop ID    the cluster's jobs
 
@@ -24,10 +25,10 @@ import argparse
 import gc
 import sys
 
-from pipelines.cli import cluster, registry, train, tune, ui, workflow
+from pipelines.cli import cluster, registry, server, train, tune, ui, workflow
 from pipelines.errors import exit_code
 
-GROUPS = (train, tune, workflow, registry, ui, cluster)
+GROUPS = (train, tune, workflow, registry, ui, server, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import sys
 from pipelines.cli.common import command
 from pipelines.errors import UserError
 
-NOT_SUBMITTABLE = {"submit", "jobs", "logs", "stop", "ui"}  # client-side or interactive
+NOT_SUBMITTABLE = {"submit", "jobs", "logs", "stop", "ui", "server"}  # client-side or interactive
 
 
 def register(sub) -> None:
