@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from pipelines.errors import UserError, first_line
 
@@ -32,11 +32,20 @@ def driver_node_ip() -> str:
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == me)
 
 
-def check_storage(storage: str) -> None:
-    """On a cluster of several nodes, raise a UserError unless every node can use `storage` (Ray's storage_path)."""
+def on_every_node(fn: Callable, *args) -> Dict[str, Any]:
+    """fn(*args) once on each alive node that can run work, as a 0-CPU task pinned there: {node ip: result}."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = {n["NodeManagerAddress"]: task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(*args)
+        for n in alive_nodes()}
+    return {ip: ray.get(ref, timeout=PROBE_TIMEOUT_S) for ip, ref in refs.items()}
+
+
+def check_storage(storage: str) -> None:
+    """On a cluster of several nodes, raise a UserError unless every node can use `storage` (Ray's storage_path)."""
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
@@ -46,11 +55,7 @@ def check_storage(storage: str) -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("dlp")
     try:
-        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
-        refs = {n["NodeManagerAddress"]: probe.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                storage, str(marker) if marker else None) for n in nodes}
-        problems = {ip: ray.get(ref, timeout=PROBE_TIMEOUT_S) for ip, ref in refs.items()}
+        problems = on_every_node(_probe, storage, str(marker) if marker else None)
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)

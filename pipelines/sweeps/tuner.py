@@ -86,10 +86,18 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
                 raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
             trials.await_trial_workers()
             done = trials.reconcile(sweep, parent, grid)
+            _clean_up_trials(sweep, path, done)
             best = trials.best(sweep, done)
             version = report.log_sweep_outputs(sweep, parent, done, best)
     return report.SweepResult(sweep, parent, experiment.experiment_id, done, best, version,
                               time.perf_counter() - start)
+
+
+def _clean_up_trials(sweep: Sweep, path: Path, done) -> None:
+    """Remove what the trials staged on each node: a trial Tune stopped was killed before it could."""
+    from pipelines.training import ray_driver
+
+    ray_driver.clean_up(sweep.cfg, *[t.run_id for t in done if t.run_id], storage=_train_storage(sweep.cfg, path))
 
 
 @contextlib.contextmanager

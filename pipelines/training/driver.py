@@ -65,13 +65,13 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
         else:
             mlflow.set_tag(names.RESUMED_FROM, str(resume_from or "ray checkpoint (resume=auto)"))
         ckpt_path = str(resume_from) if resume_from else None
-        if cfg.trainer.num_workers >= 1:
-            result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks, cluster=cluster,
-                                    process_started=process_started)
-        else:
-            result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
-        out = TrainResult(run_id, experiment.experiment_id, result)
         try:
+            if cfg.trainer.num_workers >= 1:
+                result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks,
+                                        cluster=cluster, process_started=process_started)
+            else:
+                result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
+            out = TrainResult(run_id, experiment.experiment_id, result)
             out.model_uri = outputs.log_outputs(cfg, dm, result, run_id)
         finally:
             if cfg.trainer.num_workers >= 1:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 from omegaconf import DictConfig
 
 from pipelines import signals
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 from pipelines.tracking import names, store
 from pipelines.training import ray_tracking, ray_worker
 from pipelines.training.fit import FitResult
@@ -100,9 +100,21 @@ def prepare(cfg: DictConfig, cluster=None) -> None:
     nodes.check_storage(storage_path(cfg))
 
 
-def clean_up(cfg: DictConfig, run_id: str) -> None:
-    """Remove what the run staged on this node's disk (the downloaded best checkpoint)."""
-    ray_worker.remove_staging(ray_worker.staging_dir(storage_path(cfg), str(Path(cfg.output_dir).resolve()), run_id))
+def clean_up(cfg: DictConfig, *run_ids: str, storage: Optional[str] = None) -> None:
+    """Remove what the runs staged on each node's disk: the driver's copy of the best checkpoint, and what a
+    worker left when it was killed (by a failure, or by Tune stopping its trial) before removing its own."""
+    import ray
+
+    from pipelines.cluster import nodes
+
+    storage = storage or storage_path(cfg)
+    paths = [str(ray_worker.staging_dir(storage, str(Path(cfg.output_dir).resolve()), r)) for r in run_ids]
+    ray_worker.remove_stagings(paths)
+    try:
+        if ray.is_initialized() and len(nodes.alive_nodes()) > 1:
+            nodes.on_every_node(ray_worker.remove_stagings, paths)
+    except Exception as e:  # a node lost with the run: nothing to clean there; never hide the run's own error
+        log.warning("could not clean up the staging folders on every node: %s", first_line(e))
 
 
 def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, callbacks: Sequence = (),

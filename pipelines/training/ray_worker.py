@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +43,12 @@ def remove_staging(staging: Path) -> None:
     for parent in (staging.parent, staging.parent.parent):
         with contextlib.suppress(OSError):
             parent.rmdir()
+
+
+def remove_stagings(paths: Sequence[str]) -> None:
+    """remove_staging for each path, on the node this runs on (nodes.on_every_node)."""
+    for path in paths:
+        remove_staging(Path(path))
 
 
 def train_worker(config: Dict[str, Any]):
