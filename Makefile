@@ -1,10 +1,11 @@
 # make train   -> set up .venv (first time) and run the main job: the digits CNN on embedded defaults
 # make test    -> set up .venv (first time) and run the default test suite (not slow; < 10 min on 2 cores)
 # make test-slow -> the slow tests only (sweep resume, driver loss, two-node jobs, the UI in Chromium, every MLproject entry point)
+# make test-cluster -> as root: a Ray cluster of two hosts in network namespaces, with PostgreSQL, S3 and a tracking server
 PY := .venv/bin/python
 STAMP := .venv/.dlpipe-installed
 
-.PHONY: setup train test test-slow test-all bench ui
+.PHONY: setup train test test-slow test-cluster test-all bench ui
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -19,10 +20,13 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m "slow and not cluster"
+
+test-cluster: $(STAMP)
+	$(PY) -m pytest -m cluster tests/cluster
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m "slow or not slow"
+	$(PY) -m pytest -m "slow or not slow or cluster"
 
 bench: $(STAMP)
 	$(PY) benchmarks/quality.py

@@ -53,15 +53,20 @@ def _processes_under(temp_dir: Path) -> list:
     return sorted(found)
 
 
+def signal_pids(pids, sig) -> None:
+    """Send `sig` to each of `pids` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop(temp_dir: Path, grace: float = 3.0) -> None:
     """Stop the cluster start_cluster() began under temp_dir (its processes, not any other Ray on the machine)."""
     pids = _processes_under(temp_dir)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        signal_pids(pids, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (pids := [p for p in pids if Path(f"/proc/{p}").exists()
                                                          and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3]]):
