@@ -162,9 +162,14 @@ def test_cluster_starting_points_parse():
     assert any("--dashboard-host=127.0.0.1" in c for c in launcher["head_start_ray_commands"])
     rayjob = yaml.safe_load((REPO / "conf/cluster/rayjob.yaml").read_text())
     assert rayjob["kind"] == "RayJob"
-    assert rayjob["spec"]["entrypoint"] == "python -m pipelines.cli train experiment=digits_cnn trainer.num_workers=2"
+    assert rayjob["spec"]["entrypoint"] == ("python -m pipelines.cli train experiment=digits_cnn trainer.num_workers=2 "
+                                            "trainer.storage_path=s3://<bucket>/dlpipe/checkpoints")   # no shared disk
     spec = rayjob["spec"]["rayClusterSpec"]
-    assert spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"][0]["name"] == "MLFLOW_TRACKING_URI"
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert [e["name"] for e in head["env"]][0] == "MLFLOW_TRACKING_URI"
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert head["envFrom"] == worker["envFrom"] == [{"secretRef": {"name": "dlpipe-s3"}}]   # every pod: the S3 keys
+    assert "env" not in worker                                                               # no tracking secrets
     assert spec["workerGroupSpecs"][0]["replicas"] == 2
     yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
 
