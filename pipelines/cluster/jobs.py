@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
-from pipelines.cluster import local
+from pipelines.cluster import local, server
 from pipelines.errors import UserError, first_line
 from pipelines.tracking.store import DEFAULT_TRACKING_URI, REPO, absolute_uri
 
@@ -103,8 +103,7 @@ def runtime_env(env: str = "local", address: str = DEFAULT_ADDRESS) -> Dict:
 
 def is_loopback(url: str) -> bool:
     """Whether `url` (http://host:port, host:port or a bare host) names this machine's loopback."""
-    host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    return server.is_loopback(urlsplit(url if "//" in url else f"//{url}").hostname or "")
 
 
 def check_store_reachable(address: str, uri: Optional[str] = None) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, first_line
 
 PASSWORD_ENV = "DLP_SERVER_PASSWORD"
 SECRET_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
@@ -78,6 +78,7 @@ def mask(uri: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, no port) is this machine's loopback."""
     if host.lower() == "localhost":
         return True
     try:
@@ -176,7 +177,7 @@ def check_backend(uri: str) -> None:
         with engine.connect():
             pass
     except Exception as e:  # driver missing, refused, bad password, no such database
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = first_line(e)[:200]
         raise UserError(f"server: the backend store {mask(uri)} does not answer ({why}); check the host, port, "
                         "user, password and database") from None
 
@@ -195,7 +196,7 @@ def check_artifacts(dest: str) -> None:
         boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None).list_objects_v2(
             Bucket=parts.netloc, Prefix=parts.path.lstrip("/"), MaxKeys=1)
     except Exception as e:  # no credentials, no such bucket, endpoint unreachable
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = first_line(e)[:200]
         raise UserError(f"server: cannot use the artifact store {dest} ({why}); give this process its "
                         "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL)") from None
 
