@@ -100,18 +100,17 @@ def _tabular(data, prep: dict) -> np.ndarray:
         known = codes >= 0
         onehot[np.flatnonzero(known), codes[known]] = 1.0
         blocks.append(onehot)
-    if not blocks:
-        return np.zeros((n, 0), dtype=np.float32)
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+    return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), dtype=np.float32)
 
 
 def _numeric(s: pd.Series, name: str) -> np.ndarray:
-    """Column as float64; strings from JSON are parsed, anything unparseable is an error."""
+    """Column as float64; strings from JSON are parsed; anything unparseable, and ±inf (NaN outputs), is an error."""
     v = pd.to_numeric(s, errors="coerce")
     out = v.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = np.isnan(out) & s.notna().to_numpy()
+    bad = ~np.isfinite(out) & s.notna().to_numpy()
     if bad.any():
-        raise ValueError(f"column '{name}' has non-numeric values such as {s[bad].iloc[0]!r}")
+        first = s[bad].iloc[0].item() if isinstance(s[bad].iloc[0], np.generic) else s[bad].iloc[0]
+        raise ValueError(f"column '{name}' has non-numeric or infinite values such as {first!r}")
     return out
 
 
@@ -297,4 +296,4 @@ def forecast_frame(data, prep: dict, values) -> pd.DataFrame:
 
 
 def _ts_name(key) -> str:
-    return "" if key is None else f"series {key!r}: "
+    return "" if key is None else f"series {key.item() if isinstance(key, np.generic) else key!r}: "

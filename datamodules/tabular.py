@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from pandas.api import types as ptypes
 
-from . import preprocess
+from . import preprocess, validate
 from .base import BaseDataModule, DataError, DataSpec, split_indices
 
 SHIPPED = ("breast_cancer", "wine", "iris", "diabetes")
@@ -40,9 +40,7 @@ def read_table(source: str, path) -> tuple:
         raise DataError(f"data.source: unknown '{source}'; choose one of {', '.join(SOURCES)}")
     if not path:
         raise DataError(f"data.path: required for data.source={source}; set data.path=<file>")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"data.path: file '{path}' does not exist")
+    file = validate.check_file(path)
     parquet = source == "parquet" or file.suffix.lower() in (".parquet", ".pq")
     try:
         frame = pd.read_parquet(file) if parquet else pd.read_csv(file)
@@ -93,29 +91,7 @@ class TabularDataModule(BaseDataModule):
     def _load(self) -> None:
         cfg = self.cfg
         frame, default_target, self.source = read_table(cfg.source, cfg.path)
-        where = Path(cfg.path).name if cfg.source in ("csv", "parquet") else cfg.source
-        target = cfg.target or default_target
-        if not target:
-            raise DataError(f"data.target: required for data.source={cfg.source}; "
-                            f"set data.target=<column> (columns: {_listing(frame.columns)})")
-        if target not in frame.columns:
-            raise DataError(f"data.target: column '{target}' not in {where} (columns: {_listing(frame.columns)})")
-        features = list(cfg.features) if cfg.features else [c for c in frame.columns if c != target]
-        unknown = [c for c in features if c not in frame.columns]
-        if unknown:
-            raise DataError(f"data.features: column '{unknown[0]}' not in {where} (columns: {_listing(frame.columns)})")
-        if target in features:
-            raise DataError(f"data.features: lists the target '{target}'; remove it from data.features")
-        if not features:
-            raise DataError(f"data.features: {where} has no feature columns besides the target '{target}'")
-        declared = list(cfg.categorical) if cfg.categorical is not None else []
-        stray = [c for c in declared if c not in features]
-        if stray:
-            raise DataError(f"data.categorical: '{stray[0]}' is not a feature; features: {_listing(features)}")
-        # non-numeric columns cannot be standardised, so they are categorical whatever was declared
-        auto = [c for c in features if not ptypes.is_numeric_dtype(frame[c].dtype)]
-        categorical = [c for c in features if c in set(declared) | set(auto)]
-
+        target, features, categorical = self._columns(frame, cfg.target or default_target)
         frame = _check_missing(frame, features, target, cfg.missing).reset_index(drop=True)
         y_raw = frame[target]
         if ptypes.is_float_dtype(y_raw.dtype) and infer_task(y_raw, np.inf) == "classification":
@@ -139,10 +115,49 @@ class TabularDataModule(BaseDataModule):
             rows = frame.iloc[idx][features].reset_index(drop=True)
             self._raw[name] = (rows, y_raw.iloc[idx].to_numpy())
             x = preprocess.transform(rows, self.prep)
+            if not (np.isfinite(x).all() and np.isfinite(y[idx]).all()):  # finite, yet past float32 or the std's
+                raise DataError(f"data: the {name} split holds values too large to standardise (their mean or "
+                                "spread overflows); rescale those columns (e.g. log) or drop the rows")
             self._tensors[name] = (torch.from_numpy(x), torch.as_tensor(y[idx], dtype=y_dtype))
         self.spec = DataSpec(task=task, num_classes=len(classes), input_shape=(self._tensors["train"][0].shape[1],),
                              class_names=classes, feature_names=features, target_name=str(target),
                              target_scale=scale)
+
+    def _columns(self, frame: pd.DataFrame, target) -> tuple:
+        """(target, features, categorical features) of the frame, checked: names, numbers stored as text, ±inf."""
+        cfg = self.cfg
+        where = Path(cfg.path).name if cfg.source in ("csv", "parquet") else cfg.source
+        if not target:
+            raise DataError(f"data.target: required for data.source={cfg.source}; "
+                            f"set data.target=<column> (columns: {_listing(frame.columns)})")
+        if target not in frame.columns:
+            raise DataError(f"data.target: column '{target}' not in {where} (columns: {_listing(frame.columns)})")
+        features = list(cfg.features) if cfg.features else [c for c in frame.columns if c != target]
+        unknown = [c for c in features if c not in frame.columns]
+        if unknown:
+            raise DataError(f"data.features: column '{unknown[0]}' not in {where} (columns: {_listing(frame.columns)})")
+        if target in features:
+            raise DataError(f"data.features: lists the target '{target}'; remove it from data.features")
+        if not features:
+            raise DataError(f"data.features: {where} has no feature columns besides the target '{target}'")
+        declared = list(cfg.categorical) if cfg.categorical is not None else []
+        stray = [c for c in declared if c not in features]
+        if stray:
+            raise DataError(f"data.categorical: '{stray[0]}' is not a feature; features: {_listing(features)}")
+        # a few typos would make a numeric column categorical, one level per distinct number
+        validate.check_numbers_as_text(frame, [c for c in features if c not in declared], where,
+                                       "fix them or list the column under data.categorical")
+        if cfg.task != "classification":
+            validate.check_numbers_as_text(frame, [target], where, "fix them, drop those rows or set "
+                                           "data.task=classification", key="data.target")
+        # non-numeric columns cannot be standardised, so they are categorical whatever was declared
+        auto = [c for c in features if not ptypes.is_numeric_dtype(frame[c].dtype)]
+        categorical = [c for c in features if c in set(declared) | set(auto)]
+        # ±inf is no missing value (data.missing leaves it): it would train to NaN losses
+        validate.check_finite(frame, [c for c in features if c not in categorical], where,
+                              "clean them, drop those rows or leave the column out of data.features")
+        validate.check_finite(frame, [target], where, "clean them or drop those rows", key="data.target")
+        return target, features, categorical
 
     def _encode(self, y_raw: pd.Series, task: str, target: str) -> tuple:
         """(class names, labels): codes 0..K-1 in label order, or the float target for regression."""
@@ -150,7 +165,7 @@ class TabularDataModule(BaseDataModule):
             if not ptypes.is_numeric_dtype(y_raw.dtype) or ptypes.is_bool_dtype(y_raw.dtype):
                 sample = y_raw.iloc[0]
                 raise DataError(f"data.task: regression needs a numeric target; '{target}' has values like "
-                                f"{sample!r}; set data.task=classification")
+                                f"{validate.plain(sample)!r}; set data.task=classification")
             return [], y_raw.to_numpy(dtype=np.float32)
         if task != "classification":
             raise DataError(f"data.task: unknown '{task}'; choose auto, classification or regression")
@@ -163,7 +178,7 @@ class TabularDataModule(BaseDataModule):
             except TypeError:   # mixed types: order by their text
                 classes = sorted(present, key=str)
         if len(classes) < 2:
-            raise DataError(f"data.target: column '{target}' has a single class ({classes[0]!r}); "
+            raise DataError(f"data.target: column '{target}' has a single class ({validate.plain(classes[0])!r}); "
                             "classification needs at least two")
         codes = pd.Categorical(y_raw.to_numpy(), categories=classes).codes.astype(np.int64)
         return [str(c) for c in classes], codes

@@ -18,7 +18,7 @@ import torch
 from pandas.api import types as ptypes
 from pandas.tseries.frequencies import to_offset
 
-from . import preprocess
+from . import preprocess, validate
 from .base import SPLITS, BaseDataModule, DataError, DataSpec
 from .tabular import _listing, read_table
 
@@ -142,14 +142,18 @@ class TimeSeriesDataModule(BaseDataModule):
             raise DataError(f"data.time: column '{time}' of {where} cannot be read as timestamps ({e})") from e
         if t.isna().any():
             raise DataError(f"data.time: column '{time}' of {where} has {int(t.isna().sum())} values that are not "
-                            f"timestamps, such as {out[time][t.isna()].iloc[0]!r}; fix them or drop those rows")
+                            f"timestamps, such as {validate.plain(out[time][t.isna()].iloc[0])!r}; "
+                            "fix them or drop those rows")
         out[time] = t
         for key, names in (("target", [target]), ("features", features)):
+            validate.check_numbers_as_text(out, names, where, "fix them or drop those rows", key=f"data.{key}")
             for name in names:
                 if not ptypes.is_numeric_dtype(out[name].dtype):
                     raise DataError(f"data.{key}: column '{name}' of {where} is not numeric (values like "
-                                    f"{out[name].dropna().iloc[0]!r}); forecasting needs numbers")
+                                    f"{validate.plain(out[name].dropna().iloc[0])!r}); forecasting needs numbers")
                 out[name] = out[name].astype(np.float64)
+            # ±inf is no gap (data.gaps leaves it): it would train to NaN losses
+            validate.check_finite(out, names, where, "clean them or drop those rows", key=f"data.{key}")
         if group and out[group].isna().any():
             raise DataError(f"data.group: column '{group}' of {where} has rows without a series id; fill or drop them")
         keys = [group, time] if group else [time]

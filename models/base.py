@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 from torchmetrics import MetricCollection
 
+from models.errors import ModelError
 from models.losses import make_loss
 from models.metrics import make_metrics
 from models.optim import make_optimizer, make_scheduler
@@ -67,6 +68,7 @@ class TaskModule(L.LightningModule):
         self._losses: list[torch.Tensor] = []
         self._sizes: list[int] = []
         self._hits: list[torch.Tensor] = []
+        self._first_step = 0   # the global step the epoch's first batch trains at (where a NaN loss is reported)
         self._plateau_replay: Optional[float] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +101,7 @@ class TaskModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._losses, self._sizes, self._hits = [], [], []
+        self._first_step = self.global_step
         self._replay_plateau_step()
         # the rate the epoch trains at; epoch-wise schedulers step after on_train_epoch_end
         self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), sync_dist=True)
@@ -111,11 +114,25 @@ class TaskModule(L.LightningModule):
         hits = torch.cat(self._hits).sum().to(losses.dtype) if self._hits else losses.new_zeros(())
         sums = torch.stack([losses @ sizes, hits, sizes.sum()])
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # sums, not means, across ranks
+        if not torch.isfinite(sums[0]):  # the same sums on every rank: all of them stop here, together
+            raise self._diverged(losses, float(sums[0]))
         logs = {"train/loss": sums[0] / sums[2]}
         if self.classification:
             logs["train/acc"] = sums[1] / sums[2]
         self.log_dict(logs, sync_dist=True)  # equal on every rank by now; sync_dist only quiets Lightning
         self._losses, self._sizes, self._hits = [], [], []
+
+    def _diverged(self, losses: torch.Tensor, total: float) -> ModelError:
+        """The error of an epoch whose train/loss is NaN or inf: where it first went so (1-based epoch, as the
+        epoch lines print it; the global step) and the fixes. Without it the run trains on to a FINISHED nothing."""
+        bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+        where, value = f"epoch {self.current_epoch + 1}", total
+        if len(bad):  # this rank's first bad batch (none here when only another rank's went bad)
+            batch = int(bad[0])
+            value = float(losses[batch])
+            where += f" (step {self._first_step + batch // max(1, int(self.trainer.accumulate_grad_batches))})"
+        return ModelError(f"train/loss is {value} at {where}: lower optim.lr, enable trainer.gradient_clip_val "
+                          "(e.g. 1.0), or check the data for extreme values")
 
     def _eval_step(self, batch: Any, split: str, metrics: MetricCollection) -> None:
         x, y = batch

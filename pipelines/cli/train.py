@@ -68,15 +68,12 @@ def cmd_config(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import pandas as pd
-
+    from pipelines.cli import predict_io
     from pipelines.tracking import store
 
     store.configure()
     src = Path(args.input)
-    if not src.is_file():
-        raise UserError(f"predict: input file '{src}' does not exist")
-    frame = pd.read_parquet(src) if src.suffix == ".parquet" else pd.read_csv(src)
+    frame = predict_io.read_input(src)  # unreadable files: one line naming the file
     quiet()
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -90,11 +87,13 @@ def cmd_predict(args) -> int:
     missing = [name for name in needed if name not in frame.columns]
     if missing:
         raise UserError(f"predict: {src} lacks column(s) {', '.join(missing)}; the model takes {', '.join(needed)}")
+    predict_io.check_inputs(frame, needed or list(frame.columns), src)  # ±inf trains nothing; it predicts NaN
     try:
         preds = model.predict(frame)
     except (MlflowException, ValueError, KeyError) as e:
         raise UserError(f"predict: {src} does not fit the model's input: {first_line(e)}") from None
     out = Path(args.output)
+    predict_io.check_outputs(preds, src, out)  # a NaN probability is never written
     out.parent.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out, index=False)
     print(f"wrote {len(preds)} predictions to {out}")

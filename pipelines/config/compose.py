@@ -39,10 +39,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
 
+    forced = [_parsed(o, _force(o)) for o in overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            raw = hydra_compose(config_name=config_name, overrides=[_force(o) for o in overrides])
+            raw = hydra_compose(config_name=config_name, overrides=forced)
     except MissingConfigException as e:
         raise ConfigError(_missing_option_message(e)) from None
     except HydraException as e:
@@ -60,6 +61,21 @@ def _force(override: str) -> str:
     if "." in key or not (CONF_DIR / key).is_dir():
         return "++" + override
     return override
+
+
+def _parsed(override: str, forced: str) -> str:
+    """`forced` if Hydra's grammar reads it, else a ConfigError naming the override as the user typed it (Hydra
+    parses every override at once and names none, or only its `++` form)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(forced)
+    except HydraException as e:
+        reason = first_line(str(e)).split(" expecting ", 1)[0]
+        raise ConfigError(f"config: cannot parse override '{override}' ({reason}); write key=value with balanced "
+                          "brackets and quotes, quoting a value with spaces or special characters: key='a b'") from None
+    return forced
 
 
 def validate(raw: DictConfig) -> DictConfig:
