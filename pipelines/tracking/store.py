@@ -59,14 +59,47 @@ def git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def code_version() -> Optional[str]:
-    """HEAD, plus a hash of the uncommitted changes to tracked files when there are any: what `dlp pipeline`
-    keys its step cache on, so an edited working tree never reuses a step computed by other code."""
-    commit = git_commit()
-    if commit is None:
-        return None
+# The untracked files that count as code: sources and configs under the project's source folders (a new module
+# or conf/ option changes what runs), never outputs, stores or notes. Ignored files (.gitignore) never count.
+SOURCE_DIRS = ("pipelines", "models", "datamodules", "conf")
+SOURCE_SUFFIXES = (".py", ".yaml", ".yml")
+
+
+def code_version(repo: Optional[Path] = None) -> Optional[str]:
+    """HEAD, plus a hash of the uncommitted changes when there are any: the diff of tracked files and the content
+    of untracked source files (SOURCE_DIRS, SOURCE_SUFFIXES). What `dlp pipeline` keys its step cache on, so an
+    edited working tree never reuses a step computed by other code. Outside a git checkout (or when git fails),
+    a hash of every source file there, 'tree+<hash>'; None when there are none."""
+    repo = Path(repo or REPO)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=10)
+
     try:
-        diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, timeout=10).stdout
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return _source_tree(repo)
+        commit = head.stdout.decode().strip()
+        diff = git("diff", "HEAD", "--binary").stdout
+        others = git("ls-files", "--others", "--exclude-standard", "-z", "--", *SOURCE_DIRS).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return commit
-    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else commit
+        return _source_tree(repo)
+    h = hashlib.sha256(diff)
+    new = sorted(n for n in others.decode(errors="surrogateescape").split("\0") if n.endswith(SOURCE_SUFFIXES))
+    for name in new:
+        try:
+            content = (repo / name).read_bytes()
+        except OSError:   # removed (or unreadable) since git listed it
+            continue
+        h.update(f"\0untracked {name}\0".encode(errors="surrogateescape") + hashlib.sha256(content).digest())
+    return f"{commit}+{h.hexdigest()[:12]}" if diff or new else commit
+
+
+def _source_tree(repo: Path) -> Optional[str]:
+    h, found = hashlib.sha256(), False
+    for folder in SOURCE_DIRS:
+        for path in sorted((repo / folder).rglob("*")):
+            if path.suffix in SOURCE_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
+                h.update(f"\0{path.relative_to(repo)}\0".encode() + hashlib.sha256(path.read_bytes()).digest())
+                found = True
+    return f"tree+{h.hexdigest()[:12]}" if found else None
