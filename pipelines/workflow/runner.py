@@ -1,15 +1,15 @@
 """`dlp pipeline`: run a plan's steps in order, each as an MLflow run nested under one pipeline run (under
 `mlflow run`, the run MLflow made for the command).
 
-Before running a step, its key — a hash of its entry point, parameters, code version (HEAD plus any uncommitted
-diff), the training config and data fingerprint, and its upstream steps' outputs — is looked up among FINISHED
-step runs of the experiment; on a match the step is reused: a step run tagged dlp.step.reused_from carries the
-earlier outputs and nothing is recomputed. Re-running a pipeline that failed therefore resumes at the step that
-failed, and re-running a finished one reuses every step.
+Before running a step, its key (keys.py: a hash of its entry point, parameters, code version — HEAD, uncommitted
+diff and untracked sources —, the training config it reads, for prepare the content of the data, and its upstream
+steps' keys and outputs) is looked up among FINISHED step runs of the experiment; on a match the step is reused:
+a step run tagged dlp.step.reused_from carries the earlier outputs and nothing is recomputed. Re-running a
+pipeline that failed therefore resumes at the step that failed, and re-running a finished one reuses every step;
+after a change, exactly the steps whose inputs it reaches run again.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 from omegaconf import OmegaConf
 
 from pipelines.tracking import names, runs, store
+from pipelines.workflow import keys
 from pipelines.workflow.plan import Pipeline
 from pipelines.workflow.steps import STEPS
 
@@ -59,11 +60,16 @@ def run(p: Pipeline, echo: Callable[[str], None] = print) -> PipelineResult:
                                    names.PIPELINE_CODE_VERSION: code or "unknown"})
     result = PipelineResult(parent, experiment_id)
     outputs: Dict[str, Dict[str, Any]] = {}
+    step_keys: Dict[str, str] = {}
     with runs.ending_run(parent, finish=not outer):   # `mlflow run` ends its own run
         for name, step in p.steps.items():
             params = {k: v for k, v in OmegaConf.to_container(step).items() if k != "needs"}
+            entry = "tune" if name == "train" and p.tune_args else name
+            step_keys[name] = keys.step_key(entry, params, code, keys.step_config(p, entry),
+                                            {n: {"key": step_keys[n], "outputs": outputs[n]} for n in step.needs})
             upstream = {need: outputs[need] for need in step.needs}
-            done = _run_step(client, p, experiment_id, parent, name, params, upstream, code, echo)
+            done = _run_step(client, p, experiment_id, parent, name, entry, step_keys[name], params, upstream,
+                             echo)
             outputs[name] = done.outputs
             result.steps.append(done)
         client.log_dict(parent, {s.name: {"run_id": s.run_id, "reused_from": s.reused_from, "outputs": s.outputs}
@@ -71,12 +77,8 @@ def run(p: Pipeline, echo: Callable[[str], None] = print) -> PipelineResult:
     return result
 
 
-def _run_step(client, p: Pipeline, experiment_id: str, parent: str, name: str, params: dict, upstream: dict,
-              code: Optional[str], echo) -> StepResult:
-    entry = "tune" if name == "train" and p.tune_args else name
-    inputs = {"entry": entry, "params": params, "code": code, "upstream": upstream,
-              "config": _step_config(p, entry)}
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+def _run_step(client, p: Pipeline, experiment_id: str, parent: str, name: str, entry: str, key: str, params: dict,
+              upstream: dict, echo) -> StepResult:
     tags = {names.PARENT_RUN: parent, names.STEP: name, names.STEP_KEY: key, names.STEP_ENTRY: entry}
     start = time.perf_counter()
     earlier = _finished_step(client, experiment_id, key)
@@ -94,18 +96,6 @@ def _run_step(client, p: Pipeline, experiment_id: str, parent: str, name: str, p
     seconds = time.perf_counter() - start
     echo(f"step {name:<9} done    run {run_id}  {_show(outputs)}  ({seconds:.0f}s)")
     return StepResult(name, run_id, outputs, None, seconds)
-
-
-def _step_config(p: Pipeline, entry: str) -> Any:
-    """What of the training config a step's result depends on: the data settings for prepare, all of it for
-    train and tune; later steps depend on it only through their upstream outputs."""
-    if entry == "prepare":
-        return {"data": OmegaConf.to_container(p.cfg.data, resolve=True), "seed": p.cfg.seed}
-    if entry == "train":
-        return OmegaConf.to_container(p.cfg, resolve=True)
-    if entry == "tune":
-        return {"cfg": OmegaConf.to_container(p.cfg, resolve=True), "tune": p.tune_args}
-    return None
 
 
 def _finished_step(client, experiment_id: str, key: str):
