@@ -121,23 +121,62 @@ def read_cifar10(path, limit=None) -> tuple:
     if not (root / "batches.meta").is_file() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
 
-    def load(name):
-        f = root / name
-        if not f.is_file():
-            raise DataError(f"data.path: CIFAR-10 file '{f}' does not exist")
-        # the official format is a pickle: only point data.path at files you trust
-        with open(f, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")
+    def images(name):
+        batch, f = _cifar_batch(root, name, {b"data", b"labels"}), root / name
+        x, y = batch[b"data"], batch[b"labels"]
+        y = np.asarray(y) if isinstance(y, list) and all(isinstance(v, (int, np.integer)) for v in y) else y
+        if not (_numeric(x) and x.size % 3072 == 0 and _numeric(y) and y.ndim == 1 and len(y) == x.size // 3072):
+            raise DataError(f"data.path: CIFAR-10 file '{f}' is not a CIFAR-10 batch (b'data' must be an array of "
+                            "N x 3072 pixels and b'labels' N integers); replace it with the official file")
+        return x.astype(np.uint8).reshape(-1, 3, 32, 32), y.astype(np.int64)
 
-    def images(batch):
-        return np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(batch[b"labels"])
-
-    parts = [images(load(f"data_batch_{i}")) for i in range(1, 6)]
+    parts = [images(f"data_batch_{i}") for i in range(1, 6)]
     x = np.concatenate([p[0] for p in parts])[:limit]
-    y = np.concatenate([p[1] for p in parts])[:limit].astype(np.int64)
-    xt, yt = images(load("test_batch"))
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in load("batches.meta")[b"label_names"]]
-    return x, y, xt, yt.astype(np.int64), names
+    y = np.concatenate([p[1] for p in parts])[:limit]
+    xt, yt = images("test_batch")
+    names = _cifar_batch(root, "batches.meta", {b"label_names"})[b"label_names"]
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"data.path: CIFAR-10 file '{root / 'batches.meta'}' has no list of b'label_names'; "
+                        "replace it with the official file")
+    return x, y, xt, yt, [n.decode() if isinstance(n, bytes) else n for n in names]
+
+
+_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")   # numpy 1 and numpy 2 pickles
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's batches hold: dicts, lists, bytes, numbers and numpy arrays. Any other
+    global a pickle names (os.system, builtins.exec, ...) is refused before it is looked up, so nothing runs."""
+
+    ALLOWED = {**{(m, "_reconstruct"): np.ndarray((0,)).__reduce__()[0] for m in _MULTIARRAY},
+               **{(m, "scalar"): np.int64(0).__reduce__()[0] for m in _MULTIARRAY},
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which the format never needs")
+        return self.ALLOWED[(module, name)]
+
+
+def _cifar_batch(root: Path, name: str, required: set) -> dict:
+    """One CIFAR-10 pickle read with _BatchUnpickler: a dict with the `required` keys, else one DataError line."""
+    f = root / name
+    if not f.is_file():
+        raise DataError(f"data.path: CIFAR-10 file '{f}' does not exist")
+    try:
+        with open(f, "rb") as fh:
+            batch = _BatchUnpickler(fh, encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises almost any type
+        raise DataError(f"data.path: CIFAR-10 file '{f}' is not a CIFAR-10 python batch ({e}); "
+                        "only the official files are read, and pickled code is refused") from None
+    if not isinstance(batch, dict) or not required <= set(batch):
+        raise DataError(f"data.path: CIFAR-10 file '{f}' is not a dict with keys {', '.join(map(str, sorted(required)))}; "
+                        "replace it with the official file")
+    return batch
+
+
+def _numeric(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind in "ui"
 
 
 def _directory(path, source: str) -> Path:
