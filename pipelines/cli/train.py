@@ -75,13 +75,11 @@ def cmd_predict(args) -> int:
     src = Path(args.input)
     frame = predict_io.read_input(src)  # unreadable files: one line naming the file
     quiet()
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    try:
-        model = mlflow.pyfunc.load_model(args.model_uri)
-    except (MlflowException, OSError) as e:
-        raise UserError(f"predict: cannot load model '{args.model_uri}': {first_line(e)}") from None
+    from pipelines.tracking.model_trust import load_verified
+
+    model = load_verified(args.model_uri, "predict")  # files checked against their logged digests, then loaded
     schema = model.metadata.get_input_schema()
     needed = [name for name in (schema.input_names() if schema is not None else []) if isinstance(name, str)]
     missing = [name for name in needed if name not in frame.columns]

@@ -162,12 +162,16 @@ def evaluate(model_uri: str, metric: Optional[str] = None) -> Dict[str, Any]:
     "n_test"}."""
     import mlflow
 
+    from pipelines.tracking.model_trust import load_verified
+
     client = mlflow.MlflowClient()
     source = source_run(model_uri)
     split = rebuild_test_split(client, source, fingerprint(client, source))
     name, higher = resolve_metric(split.task, split.monitor, metric, command="evaluate: metric")
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = load_verified(model_uri, "evaluate")  # files checked against their logged digests, then loaded
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 — MLflow raises several types for a missing or broken model
         raise UserError(f"evaluate: cannot load model '{model_uri}': {first_line(e)}") from None
     return {"metric": name, "value": score(model, split, name), "higher_is_better": higher,

@@ -93,11 +93,14 @@ def _refuse(client, name: str, version: str, reason: str) -> None:
 
 
 def _load(name: str, version: str):
-    """(pyfunc model, None), or (None, why it does not load)."""
-    import mlflow
+    """(pyfunc model, None), or (None, why it does not load): files that do not match their logged digests, or
+    hold pickle data, do not load (model_trust.load_verified)."""
+    from pipelines.tracking.model_trust import load_verified
 
     try:
-        return mlflow.pyfunc.load_model(f"models:/{name}/{version}"), None
+        return load_verified(f"models:/{name}/{version}", "promote"), None
+    except UserError as e:
+        return None, str(e).removeprefix("promote: ")
     except Exception as e:
         return None, f"{type(e).__name__}: {first_line(e)[:200]}"
 

@@ -37,15 +37,16 @@ def input_example(dm):
 def log_model(net, prep: dict, raw_example, registered_model_name: Optional[str] = None):
     """Log `net` + preprocessing as a pyfunc model (raw rows in) under the active run's `model`.
 
-    The network is saved as a torch.export program with a dynamic batch dimension, so loading
-    needs neither dlpipe's code nor pickle.
+    The network is saved as a torch.export program with a dynamic batch dimension and without its example
+    inputs (torch would pickle them), so the archive holds JSON and raw tensor bytes only. The digests of the
+    logged files are recorded (model_trust.record) for model_trust.load_verified to check.
     """
     import mlflow
     import torch
     from mlflow.models import infer_signature
 
     from datamodules import preprocess, preprocess_text
-    from pipelines.tracking import pyfunc_model
+    from pipelines.tracking import model_trust, pyfunc_model
 
     net = net.eval().cpu().float()
     x = torch.from_numpy(preprocess.transform(raw_example, prep))
@@ -58,14 +59,18 @@ def log_model(net, prep: dict, raw_example, registered_model_name: Optional[str]
         program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
     with tempfile.TemporaryDirectory() as tmp:
         net_path, prep_path = Path(tmp) / "net.pt2", Path(tmp) / "prep.json"
+        program.example_inputs = None   # else a pickle in the archive, which torch.export.load unpickles
         torch.export.save(program, net_path)
+        pickled = model_trust.find_pickle(net_path.name, net_path.read_bytes())
+        if pickled:  # a torch that pickles weights would make every model refused on load: fail here, not there
+            raise RuntimeError(f"torch.export.save wrote pickle data into the model's archive ({pickled})")
         prep_path.write_text(json.dumps(prep))
         output = pyfunc_model.DlpModel().bind(program.module(), prep).predict(None, raw_example)
         with warnings.catch_warnings():
             # integer *outputs* (a forecast's step column) are fine; integer inputs were made doubles upstream
             warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
             signature = infer_signature(raw_example, output)
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=names.LOGGED_MODEL,
             python_model=pyfunc_model.__file__,
             artifacts={"net": str(net_path), "prep": str(prep_path)},
@@ -75,3 +80,5 @@ def log_model(net, prep: dict, raw_example, registered_model_name: Optional[str]
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "mlflow"],
             registered_model_name=registered_model_name,
         )
+    model_trust.record(info)
+    return info

@@ -33,6 +33,7 @@ MONITOR = "dlp.monitor"                      # "<metric>:<mode>", see monitor_ta
 DATA_PREFIX = "dlp.data."                    # the dataset fingerprint: source, split sizes, content hash
 FINGERPRINT_KEYS = ("source", "n_train", "n_val", "n_test", "hash")
 MODEL_URI = "dlp.model_uri"                  # the LoggedModel's models:/m-... URI
+MODEL_SHA256 = "dlp.model_sha256"            # on the LoggedModel and its run: JSON {file: sha256} of its files
 RESUMED_FROM = "dlp.resumed_from"
 WORLD_SIZE = "dlp.world_size"
 WORKER_NODES = "dlp.worker_nodes"            # each rank's node, in rank order: "10.0.0.2,10.0.0.1" (the latest attempt's)

@@ -3,7 +3,9 @@
 This file is copied into every logged model and executed on load, so it imports only torch,
 numpy, pandas and mlflow; the preprocessing it applies ships beside it as `preprocess.py` and
 `preprocess_text.py` (from datamodules/), and the network as a torch.export program (`net.pt2`). A model
-therefore loads with `mlflow.pyfunc.load_model` or `mlflow models serve` without dlpipe's code.
+therefore loads with `mlflow.pyfunc.load_model` or `mlflow models serve` without dlpipe's code — and loading runs
+code: this file, the files beside it, and any pickle a `net.pt2` declares. `dlp` loads a model only through
+model_trust.load_verified, which first checks its files against the digests recorded when it was logged.
 """
 import json
 
