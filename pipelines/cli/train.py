@@ -23,8 +23,10 @@ def register(sub) -> None:
 
 def cmd_train(args) -> int:
     from pipelines.config.compose import compose
+    from pipelines.tracking import store, store_checks
 
     cfg = compose(overrides(args))  # config errors: before any import of torch
+    store_checks.check(store.tracking_uri(cfg))  # an unusable store: one line, before the imports, data or Ray
     distributed = cfg.trainer.num_workers >= 1
     cluster = None
     if distributed:

@@ -27,9 +27,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pipelines.errors import UserError, first_line
+from pipelines.tracking.store_checks import mask
 
 PASSWORD_ENV = "DLP_SERVER_PASSWORD"
 SECRET_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
@@ -66,15 +67,6 @@ class ServerConfig:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-
-def mask(uri: str) -> str:
-    """`uri` with its password replaced by ***: postgresql://dlp:***@db:5432/dlp."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_loopback(host: str) -> bool:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import tempfile
-import time
 from pathlib import Path
 
-from pipelines.errors import UserError
 from pipelines.tracking import store
+from pipelines.tracking.store_checks import file_lock
 
 
 def lock_path(registry_uri: str) -> Path:
@@ -38,25 +36,11 @@ def champion_lock(name: str, timeout: float = 600.0):
     shared filesystem whose flock is honoured (local disks yes; NFS often not). A promoter on another
     machine against a remote registry, or anyone moving the alias by hand (UI, API), is not excluded;
     `promote` re-reads the alias after moving it and reports such an overwrite, but cannot undo it.
-    A crashed holder releases the lock with its process (flock is tied to the open file).
+    A crashed holder releases the lock with its process (flock is tied to the open file; store_checks.file_lock).
     """
     import mlflow
 
     base = lock_path(mlflow.get_registry_uri() or store.tracking_uri())
     path = base.with_name(f"{base.name}.{hashlib.sha256(name.encode()).hexdigest()[:12]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(path, "a+") as handle:  # a fresh open file description per call: threads exclude each other too
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"promote: '{name}' stayed locked by another promotion for {timeout:.0f} s "
-                                    f"({path})") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path, timeout, lambda: f"promote: '{name}' stayed locked by another promotion for {timeout:.0f} s"):
+        yield

@@ -30,10 +30,14 @@ def absolute_uri(uri: str) -> str:
 
 
 def configure(cfg=None) -> str:
-    """Point MLflow (here and in child processes) at the store of `cfg`; returns its URI."""
+    """Check the store of `cfg` (store_checks.py) and point MLflow (here and in child processes) at it; returns
+    its URI."""
     import mlflow
 
+    from pipelines.tracking import store_checks
+
     uri = tracking_uri(cfg)
+    store_checks.prepare(uri)  # unreachable or unusable: one line, before any data; a new SQLite store under a lock
     mlflow.set_tracking_uri(uri)
     # Children (Ray workers, `mlflow models serve`) must see the same store.
     os.environ["MLFLOW_TRACKING_URI"] = uri
