@@ -150,7 +150,7 @@ def record(info) -> str:
     return value
 
 
-def model_id_of(client, model_uri: str, command: str) -> str:
+def model_id_of(client, model_uri: str, command: str) -> Optional[str]:
     """The LoggedModel id behind runs:/<id>/model, models:/m-<id>, models:/<name>/<version> or models:/<name>@<alias>,
     from the tracking store (never from the model's own files)."""
     from mlflow.exceptions import MlflowException
@@ -169,7 +169,14 @@ def model_id_of(client, model_uri: str, command: str) -> str:
             raise UserError(f"{command}: '{model_uri}' is not runs:/<id>/model or models:/<name>@<alias>; dlp loads "
                             "only models whose file digests the tracking store recorded")
         found = get_model_name_and_version(client, model_uri)
-        return found[0] if len(found) == 1 else client.get_model_version(*found).model_id
+        if len(found) == 1:
+            return found[0]
+        version = client.get_model_version(*found)
+        source = version.source or ""   # registered from models:/m-<id>, a version may not name its model_id
+        logged = source.startswith("models:/") and not any(c in source[len("models:/"):] for c in "/@")
+        if version.model_id or not (logged or source.startswith("runs:/")):
+            return version.model_id
+        return model_id_of(client, source, command)
     except MlflowException as e:
         raise UserError(f"{command}: cannot load model '{model_uri}': {first_line(e)}") from None
 
