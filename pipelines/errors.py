@@ -38,3 +38,21 @@ def last_line(error: BaseException) -> str:
     """'TypeName: last non-blank line' of an error: where a chained or remote traceback states its cause."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def disk_full(error: BaseException):
+    """One line for an error caused by a full disk anywhere in its chain (an OSError ENOSPC, SQLite's 'database or
+    disk is full'), else None. Every write dlpipe makes is atomic, so what is on disk is whole: say where to resume."""
+    import errno
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        where = getattr(error, "filename", None)
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "disk is full" in str(error) \
+                or "No space left on device" in str(error):
+            at = f" writing {where}" if where else ""
+            return (f"no space left on device{at}; the run is marked FAILED and every file written so far is whole: "
+                    f"free some space, then rerun with resume=last to continue from the last checkpoint")
+        error = error.__cause__ or error.__context__
+    return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 from typing import Callable, Iterator
 
@@ -60,8 +59,37 @@ def graceful_ctrl_c(on_first: Callable[[], None]) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM exits through sys.exit, so atexit handlers run, unless a handler is set already. ray.init sets the
-    same from the main thread only: a cluster started in a background thread needs it set here."""
-    if _main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where Ctrl-C's KeyboardInterrupt would be."""
+
+
+_terminated = threading.Event()
+
+
+def _raise_terminated(signum, frame) -> None:
+    if _terminated.is_set():   # once is enough: the run is being ended KILLED
+        return
+    _terminated.set()
+    raise Terminated()
+
+
+def interrupt_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated in the main thread (a no-op elsewhere)."""
+    if _main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def keeping_sigterm() -> Iterator[None]:
+    """The SIGTERM handler set before the block (ray.init replaces it with a sys.exit) is back when it ends."""
+    handler = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+    try:
+        yield
+    finally:
+        if handler not in (None, signal.SIG_DFL):   # else Ray's stays: it exits through atexit
+            signal.signal(signal.SIGTERM, handler)
+
+
+def terminated() -> bool:
+    """Whether the KeyboardInterrupt being handled came from SIGTERM (Lightning re-raises its own)."""
+    return _terminated.is_set()

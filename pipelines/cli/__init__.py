@@ -17,7 +17,7 @@
     dlp jobs | dlp logs ID [--follow] | dlp stop ID    the cluster's jobs
 
 Overrides use Hydra's syntax: key=value, group=option, +new_key=value.
-User errors print one line and exit 2; Ctrl-C exits 130.
+User errors print one line and exit 2; Ctrl-C exits 130, SIGTERM 143 (the run ends KILLED either way).
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ import argparse
 import gc
 import sys
 
+from pipelines import signals
 from pipelines.cli import cluster, registry, server, train, tune, ui, workflow
-from pipelines.errors import exit_code
+from pipelines.errors import disk_full, exit_code
 
 GROUPS = (train, tune, workflow, registry, ui, server, cluster)
 
@@ -43,17 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.whole_process = argv is None  # the process's own command line (not a call from a test or a script)
+    if args.whole_process:
+        signals.interrupt_on_sigterm()
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("dlp: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
-        return 130
+        cause, code = ("terminated (SIGTERM)", 143) if signals.terminated() else ("interrupted", 130)
+        print(f"dlp: {cause}; the MLflow run is marked KILLED", file=sys.stderr)
+        return code
     except Exception as e:
         code = exit_code(e)   # UserError, ModelError, DataError: one line, no traceback
-        if code is None:
+        full = disk_full(e) if code is None else None
+        if code is None and full is None:
             raise
-        print(f"dlp: error: {e}", file=sys.stderr)
-        return code
+        print(f"dlp: error: {full or e}", file=sys.stderr)
+        return code or 1
     finally:
         if args.whole_process:
             # the process exits next: its final garbage collection over every object torch, Lightning, MLflow

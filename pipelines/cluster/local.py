@@ -120,6 +120,14 @@ def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> boo
 
     if ray.is_initialized():
         return False
+    with signals.keeping_sigterm():   # ray.init's own handler would end the run FAILED instead of KILLED
+        _init(log_to_driver, env)
+    return True
+
+
+def _init(log_to_driver: bool, env: Sequence[str]) -> None:
+    import ray
+
     address = os.environ.get("RAY_ADDRESS")
     train_env(local=not address)
     quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
@@ -137,7 +145,6 @@ def connect(log_to_driver: bool = True, env: Sequence[str] = DEFAULT_ENV) -> boo
     else:
         # a local cluster turns token auth on by itself (~/.ray/auth_token); only the dashboard honours the host
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-    return True
 
 
 @contextlib.contextmanager
@@ -190,7 +197,7 @@ class RayCluster:
 
         if self._starting is not None or ray.is_initialized():
             return self
-        signals.exit_on_sigterm()   # ray.init sets it only from the main thread: atexit then stops the cluster
+        signals.interrupt_on_sigterm()   # ray.init sets its own only from the main thread
 
         def start():
             worker_log = logging.getLogger("ray._private.worker")

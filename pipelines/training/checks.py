@@ -38,15 +38,18 @@ def resolve_resume(cfg: DictConfig) -> Optional[Path]:
     return path.resolve()
 
 
-def check_checkpoint_matches(path: Path, cfg: DictConfig) -> None:
-    """A resume checkpoint must be readable and trained with the same model settings."""
+def check_checkpoint_matches(path: Path, cfg: DictConfig) -> int:
+    """A resume checkpoint must be readable and trained with the same model settings; returns the epoch (0-based)
+    it was written after."""
     import torch
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("dlp_cfg") or {}
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = ckpt.get("dlp_cfg") or {}
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"resume: cannot read checkpoint '{path}': {type(e).__name__}") from None
     want = OmegaConf.to_container(cfg.model, resolve=True)
     if saved.get("model") and saved["model"] != want:
         diff = sorted(k for k in set(want) | set(saved["model"]) if want.get(k) != saved["model"].get(k))
         raise UserError(f"resume: checkpoint '{path}' was trained with different model settings ({', '.join(diff)})")
+    return int(ckpt.get("epoch", -1))

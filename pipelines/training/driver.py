@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 from omegaconf import DictConfig
 
 from pipelines.cluster import local
-from pipelines.tracking import console, names, runs, store
+from pipelines.tracking import artifacts, console, names, runs, store
 from pipelines.training import checks, outputs, ray_driver
 from pipelines.training.fit import FitResult, fit
 
@@ -46,11 +46,13 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     resume_from = checks.resolve_resume(cfg)
     local.check_outside_job_dir(output_dir=cfg.output_dir, **{"trainer.storage_path": cfg.trainer.storage_path})
     if resume_from is not None:
-        checks.check_checkpoint_matches(resume_from, cfg)
+        # the training loader's shuffle count continues where the checkpoint's run stopped
+        dm.first_epoch = checks.check_checkpoint_matches(resume_from, cfg) + 1
 
     if cfg.trainer.num_workers >= 1:
         ray_driver.prepare(cfg, cluster)   # the cluster joined and its storage checked before any run exists
 
+    artifacts.use_atomic_local_writes()   # a full disk or a kill never leaves a truncated artifact in a local store
     experiment = store.set_experiment(cfg.mlflow.experiment_name or cfg.name)
     resume_run = runs.existing_run(resume_from.parent.name) if resume_from is not None else None
     if cfg.resume == "auto":

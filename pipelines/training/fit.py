@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from pipelines import signals
 from pipelines.tracking import callbacks, runs, store
+from pipelines.training import checkpoints
 
 
 @dataclass
@@ -56,8 +57,12 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
     dm.setup("fit")
     model = models.build(cfg, dm.spec)
     ckpt_cb = checkpoint or _model_checkpoint(cfg, run_id)
-    others = _callbacks(cfg, run_id, uri or store.tracking_uri(cfg))
-    trainer = _trainer(cfg, [ckpt_cb, *extra_callbacks, *others], strategy, plugins)
+    kept = [ckpt_cb] if checkpoint else [ckpt_cb, checkpoints.LastCheckpoint(checkpoint_dir(cfg, run_id or "local"))]
+    logged, others = _callbacks(cfg, run_id, uri or store.tracking_uri(cfg))
+    # Lightning runs checkpoint-type callbacks in list order after the others: an epoch is logged to MLflow
+    # before its checkpoint is written, so a resumed run never lacks an epoch's metrics
+    trainer = _trainer(cfg, [*logged, *kept, checkpoints.RngState(), *extra_callbacks, *others], strategy,
+                       [checkpoints.AtomicCheckpointIO(), *(plugins or [])])
     if prepare is not None:
         trainer = prepare(trainer)
 
@@ -73,7 +78,8 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
         raise
     fit_seconds = time.perf_counter() - start
     best = ckpt_cb.best_model_path or None
-    tested = trainer.test(model, datamodule=dm, ckpt_path=best or "last", verbose=False)
+    last = kept[-1].path if len(kept) > 1 and kept[-1].path.is_file() else "last"
+    tested = trainer.test(model, datamodule=dm, ckpt_path=best or str(last), verbose=False)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     if run_id is not None and trainer.global_rank == 0:
         from mlflow import MlflowClient
@@ -89,25 +95,23 @@ def _model_checkpoint(cfg: DictConfig, run_id: Optional[str]):
 
     return ModelCheckpoint(dirpath=str(checkpoint_dir(cfg, run_id or "local")), filename="best-{epoch:03d}",
                            monitor=cfg.monitor.metric, mode=cfg.monitor.mode, save_top_k=cfg.trainer.save_top_k,
-                           save_last=True, auto_insert_metric_name=False)
+                           save_last=False, auto_insert_metric_name=False)   # last.ckpt: LastCheckpoint
 
 
-def _callbacks(cfg: DictConfig, run_id: Optional[str], uri: str) -> list:
-    """After the checkpoint callback (fit() reads the best checkpoint from it, and Lightning runs
-    checkpoint-type callbacks in list order, so an epoch's checkpoint is written before it is logged): epoch
-    logging, the epoch line, early stopping."""
+def _callbacks(cfg: DictConfig, run_id: Optional[str], uri: str) -> tuple:
+    """(what goes before the checkpoint callbacks: epoch logging; what goes after: the epoch line, early
+    stopping)."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     mode, metric = cfg.monitor.mode, cfg.monitor.metric
+    logged = [callbacks.MLflowEpochLogger(run_id, uri)] if run_id is not None else []
     out = []
-    if run_id is not None:
-        out.append(callbacks.MLflowEpochLogger(run_id, uri))
     if cfg.trainer.progress_bar and not sys.stderr.isatty():
         out.append(callbacks.EpochPrinter(metric))
     stopping = cfg.trainer.early_stopping
     if stopping.patience > 0:
         out.append(EarlyStopping(monitor=metric, mode=mode, patience=stopping.patience, min_delta=stopping.min_delta))
-    return out
+    return logged, out
 
 
 def _trainer(cfg: DictConfig, callbacks_: list, strategy, plugins):

@@ -2,6 +2,7 @@
 the model (raw rows in, pipelines/tracking/model.py)."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -36,10 +37,26 @@ def log_outputs(cfg: DictConfig, dm, result: FitResult, run_id: str) -> Optional
         mlflow.log_artifact(best, names.CHECKPOINTS)
     if not cfg.mlflow.log_model:
         return None
-    info = logged_model.log_model(model.net, dm.prep, logged_model.input_example(dm),
-                                  registered_model_name=cfg.mlflow.registered_model_name)
+    try:
+        info = logged_model.log_model(model.net, dm.prep, logged_model.input_example(dm),
+                                      registered_model_name=cfg.mlflow.registered_model_name)
+    except BaseException:   # a full disk, Ctrl-C, SIGTERM: MLflow would leave the logged model PENDING
+        with contextlib.suppress(Exception):   # the store may be on the full disk too: the first error stands
+            _fail_pending_models(client, run_id)
+        raise
     mlflow.set_tag(names.MODEL_URI, info.model_uri)
     return names.run_model_uri(run_id)
+
+
+def _fail_pending_models(client, run_id: str) -> None:
+    """The run's logged models still PENDING end FAILED: the UI and `dlp models` then show no half-logged model
+    as if it were coming."""
+    from mlflow.entities import LoggedModelStatus
+
+    experiment = client.get_run(run_id).info.experiment_id
+    for m in client.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'"):
+        if m.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(m.model_id, LoggedModelStatus.FAILED)
 
 
 def _test_outputs(model, dm) -> tuple:
