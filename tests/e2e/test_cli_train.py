@@ -86,6 +86,15 @@ def test_csv_just_works_and_resume_continues_the_same_run(store, tmp_path, capsy
     assert set(pd.read_csv(tmp_path / "p.csv")["prediction"]) <= {"yes", "no"}
 
 
+def _every_run(uri):
+    """Every run of the store, deleted ones and those of deleted experiments included."""
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return [r.info.run_id for r in client.search_runs(exps, run_view_type=ViewType.ALL)] if exps else []
+
+
 def _write_bad_csvs(tmp_path):
     good = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0] * 10, "label": [0, 1] * 20})
     good.to_csv(tmp_path / "good.csv", index=False)
@@ -102,12 +111,13 @@ def _write_bad_csvs(tmp_path):
     (["resume=last"], ["resume=last"]),
     (["experiment=diabetes_mlp", "monitor.metric=val/acc", "monitor.mode=max"], ["monitor.metric=val/acc"]),
 ])
-def test_bad_input_is_one_line_and_leaves_no_running_run(store, tmp_path, capsys, overrides, needles):
+def test_bad_input_is_one_line_exit_2_and_opens_no_run(store, tmp_path, capsys, overrides, needles):
     _write_bad_csvs(tmp_path)
     model = [] if any(o.startswith("experiment=") for o in overrides) else ["model=mlp"]
     proc = dlp_in_process(capsys, "train", *model, *overrides, *SMOKE)
+    assert proc.returncode == 2
     assert_one_line_error(proc, *needles)
-    assert runs_with_status(store, "RUNNING") == []
+    assert _every_run(store) == []   # checked before the run opens: not even a FAILED one
 
 
 def test_predict_with_unknown_model_or_input_is_one_line(store, tmp_path, capsys):
@@ -123,7 +133,7 @@ def test_data_error_in_a_real_process_exits_2_without_traceback(store, tmp_path)
                    cwd=tmp_path, timeout=180)
     assert proc.returncode == 2
     assert_one_line_error(proc, "absent.csv")
-    assert runs_with_status(store, "RUNNING") == []
+    assert _every_run(store) == []
 
 
 def test_ctrl_c_marks_the_run_killed(store, tmp_path):
