@@ -19,6 +19,8 @@ def quiet_libraries(*more_loggers: str) -> None:
 
     for name in (*LIBRARY_LOGGERS, *more_loggers):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs every database error with its traceback before raising it: `dlp` prints the one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*deterministic.*")
