@@ -148,6 +148,9 @@ def prepare_train(overrides: Sequence[str], address: str = DEFAULT_ADDRESS) -> N
         return
     from mlflow import MlflowClient
 
+    from pipelines.tracking import store_checks
+
+    store_checks.prepare(uri)   # one line for a broken store; a new one is created under its lock
     client = MlflowClient(uri)
     name = cfg.mlflow.experiment_name or cfg.name
     if client.get_experiment_by_name(name) is None:

@@ -7,7 +7,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from pipelines.errors import UserError
-from pipelines.tracking import names, store
+from pipelines.tracking import names, store, store_checks
 
 
 def client():
@@ -96,7 +96,7 @@ def register(model_uri: str, name: str) -> Tuple[str, Dict[str, str]]:
     try:
         run = c.get_run(run_id)
     except MlflowException:
-        raise UserError(f"register: no run '{run_id}' in {store.tracking_uri()}") from None
+        raise UserError(f"register: no run '{run_id}' in {store_checks.mask(store.tracking_uri())}") from None
     logged = run.data.tags.get(names.MODEL_URI)
     if not logged:
         raise UserError(f"register: run '{run_id}' logged no model (trained with mlflow.log_model=false?)")

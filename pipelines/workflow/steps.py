@@ -86,11 +86,16 @@ def step_register(client, p, experiment_id: str, tags: dict, params: dict, upstr
 
 
 def step_promote(client, p, experiment_id: str, tags: dict, params: dict, upstream: dict):
-    from pipelines.registry import promotion
+    from pipelines.registry import promotion, versions
 
     reg = upstream["register"]
 
     def body(step_run):
+        current = versions.version_by_alias(versions.client(), reg["model"], names.CHAMPION)
+        if current is not None and str(current.version) == str(reg["version"]):
+            # a re-run with other promote settings, after this version won: nothing to decide again
+            client.set_tag(step_run, names.STEP_DECISION, f"{reg['model']} v{reg['version']} already is the champion")
+            return {"model": reg["model"], "version": reg["version"], "promoted": False, "champion": reg["version"]}
         decision = promotion.promote(reg["model"], metric=params.get("metric"),
                                      min_delta=float(params.get("min_delta") or 0.0), version=reg["version"])
         client.set_tag(step_run, names.STEP_DECISION, decision.line()[:5000])

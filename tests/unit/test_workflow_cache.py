@@ -197,6 +197,18 @@ def test_a_config_change_reruns_the_steps_that_read_it(baseline):
     assert "5 steps (1 reused, 4 run)" in out and what == _ran("train", "evaluate", "register", "promote"), out
     out, what, _ = _rerun(baseline, "pipeline.evaluate.metric=f1")  # a step parameter: that step and after
     assert "5 steps (2 reused, 3 run)" in out and what == _ran("evaluate", "register", "promote"), out
+    out, what, _ = _rerun(baseline, "pipeline.promote.min_delta=0.5")   # promote's own setting: promote alone
+    assert "5 steps (4 reused, 1 run)" in out and what == _ran("promote"), out
+
+
+def test_a_promote_setting_changed_after_the_version_won_is_no_error(tmp_path, monkeypatch):
+    """The registered version is champion already: the re-run promote step says so and the pipeline succeeds."""
+    monkeypatch.setattr(store, "REPO", _code_repo(tmp_path))
+    _table(120).to_csv(tmp_path / "data.csv", index=False)
+    uri, code, out = dlp_in_new_store(tmp_path, *ARGS)
+    assert code == 0, out
+    out, what, steps = _rerun(tmp_path, "pipeline.promote.min_delta=0.5")
+    assert what == _ran("promote") and "already is the champion" in steps["promote"].data.tags["dlp.step.decision"]
 
 
 def test_a_new_source_file_reruns_every_step_and_an_output_file_none(baseline):
