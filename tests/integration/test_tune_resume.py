@@ -21,9 +21,13 @@ ENDED = re.compile(r"^(\w+)\s+(done|stopped)\s")
 
 
 def _children(client, parent_id):
+    """The sweep's child runs by trial id; a trial with two child runs (a resumed trial that opened a new run
+    instead of continuing its own) fails here rather than collapsing into one entry."""
     parent = client.get_run(parent_id)
-    return {r.data.tags["dlp.trial_id"]: r for r in client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")}
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    ids = [r.data.tags["dlp.trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    return dict(zip(ids, runs))
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(store, tmp_path):
@@ -57,7 +61,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(store, t
     finished = {tid: run for tid, run in before.items() if any(tid.endswith(e) for e in ended)}
     assert len(finished) >= 2, (list(before), ended)
     history = {tid: [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
-               for tid, r in finished.items()}
+               for tid, r in before.items()}
 
     again = subprocess.run(COMMAND, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -72,6 +76,12 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(store, t
         if run.info.status == "FINISHED":                              # completed before Ctrl-C: untouched
             assert after[tid].info.end_time == run.info.end_time
             assert steps == history[tid]
+    for tid, run in before.items():                                    # interrupted mid-trial: continued in its run
+        assert after[tid].info.run_id == run.info.run_id
+        assert after[tid].info.status == "FINISHED" or tid in finished, (tid, after[tid].info.status)
+        if tid not in finished:                # its epochs before Ctrl-C kept, the rest after them, none twice
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+            assert steps[:len(history[tid])] == history[tid] and steps == list(range(len(steps))), (tid, steps)
     for run in after.values():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert len(steps) == len(set(steps)), steps                    # no epoch logged twice
