@@ -5,9 +5,8 @@ The driver joins the cluster in $RAY_ADDRESS or starts a local one (pipelines/cl
 before its MLflow run exists, that every node reaches trainer.storage_path (pipelines/cluster/nodes.py). It runs
 the TorchTrainer with ray_tracking.MLflowReport, which writes each epoch into the run from Ray's controller on
 this node, logs the test metrics the workers return, and hands back a FitResult whose best checkpoint is a
-local copy of Ray's best (removed by `clean_up` once the model is logged). With ray_worker.py and
-ray_tracking.py, the only place that imports `ray.train`.
-"""
+local copy of Ray's best (removed by `clean_up` once the model is logged). With ray_worker.py and ray_tracking.py,
+the only place that imports `ray.train`."""
 from __future__ import annotations
 
 import logging
@@ -213,6 +212,8 @@ def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]
             result = trainer.fit()
     except TrainingFailedError as e:
         raise TrainingFailed(_failure_message(e, cfg.trainer.max_failures)) from None
+    except SystemExit:   # Ray's Ctrl-C handler exits when its abort finds the controller gone, or on a third one
+        raise KeyboardInterrupt from None
     if result.error is not None:
         raise TrainingFailed(_failure_message(result.error, cfg.trainer.max_failures))
     if result.return_value is None:  # Ray's Ctrl-C handler aborted the run: no worker finished fit()
