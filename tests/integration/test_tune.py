@@ -112,3 +112,22 @@ def test_random_search_runs_no_more_trials_at_once_than_allowed(ray_cluster, tmp
     children = sorted(_children(uri, parent), key=lambda c: c.info.start_time)
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
     assert children[1].info.start_time >= children[0].info.end_time, "the two trials ran at the same time"
+
+
+def test_a_sweep_too_big_for_the_cluster_is_refused_at_the_cli(ray_cluster, tmp_path, capsys):
+    """Two concurrent 2-worker trials on a 2-CPU cluster would wait forever: `dlp tune` refuses in one line,
+    exit 2, before any MLflow run is opened."""
+    from pipelines.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp_path)
+        code = main(["tune", "experiment=digits_cnn", "tune=digits_asha", "tune.max_concurrent_trials=2",
+                     "trainer.num_workers=2", "trainer.max_epochs=1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = [line for line in err.splitlines() if line.startswith("dlp: error:")]
+    assert "tune.max_concurrent_trials=1" in line and "Traceback" not in err
+    client = MlflowClient(uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
