@@ -26,6 +26,8 @@ def resolve_resume(cfg: DictConfig) -> Optional[Path]:
     """The checkpoint `resume=` asks for; a missing one is an error, never a silent fresh start."""
     if cfg.resume is None or cfg.resume == "auto":  # auto: ray_driver.unfinished_run
         return None
+    if cfg.resume == "last" and cfg.trainer.num_workers >= 1:   # Ray keeps the checkpoints: as auto, see driver
+        return None
     if cfg.resume == "last":
         root = Path(cfg.output_dir) / "checkpoints"
         found = sorted(root.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence
 from omegaconf import DictConfig
 
 from pipelines.cluster import local
+from pipelines.errors import UserError
 from pipelines.tracking import artifacts, console, names, runs, store
 from pipelines.training import checks, outputs, ray_driver
 from pipelines.training.fit import FitResult, fit
@@ -55,8 +56,11 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     artifacts.use_atomic_local_writes()   # a full disk or a kill never leaves a truncated artifact in a local store
     experiment = store.set_experiment(cfg.mlflow.experiment_name or cfg.name)
     resume_run = runs.existing_run(resume_from.parent.name) if resume_from is not None else None
-    if cfg.resume == "auto":
+    if cfg.resume == "auto" or (cfg.resume == "last" and cfg.trainer.num_workers >= 1):
         resume_run = ray_driver.unfinished_run(cfg, experiment.experiment_id)
+        if resume_run is None and cfg.resume == "last" and continue_run is None:
+            raise UserError(f"resume=last: no unfinished run of '{experiment.name}' has checkpoints in "
+                            f"{ray_driver.storage_path(cfg)}; train once first, or resume=auto to start afresh")
     resume_run = continue_run or resume_run
     run = mlflow.start_run(run_id=resume_run, run_name=None if resume_run else (cfg.mlflow.run_name or None))
     run_id = run.info.run_id
@@ -65,7 +69,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
             _log_run_inputs(cfg, dm)
             mlflow.set_tags(run_tags or {})
         else:
-            mlflow.set_tag(names.RESUMED_FROM, str(resume_from or "ray checkpoint (resume=auto)"))
+            mlflow.set_tag(names.RESUMED_FROM, str(resume_from or f"ray checkpoint (resume={cfg.resume})"))
         ckpt_path = str(resume_from) if resume_from else None
         try:
             if cfg.trainer.num_workers >= 1:

@@ -62,23 +62,19 @@ def test_train_logs_everything_and_the_model_predicts(store, tmp_path):
     assert (written["prediction"].astype(str).values == preds["prediction"].astype(str).values).all()
 
 
-def test_csv_just_works_and_resume_continues_the_same_run(store, tmp_path, capsys):
+def test_csv_just_works(store, tmp_path, capsys):
+    """A CSV with a string column trains and predicts with no other setting (resuming is tests/e2e/test_resume.py)."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.normal(size=300),
                           "colour": rng.choice(["red", "green", "blue"], size=300)})
     frame["label"] = np.where(frame.x1 + (frame.colour == "red") > 0.3, "yes", "no")
     frame.to_csv(tmp_path / "my.csv", index=False)
-    args = ["model=mlp", "data=csv", "data.path=my.csv", "data.target=label", "trainer.accelerator=cpu",
-            "trainer.progress_bar=false", "trainer.threads=1"]
-    proc = dlp_in_process(capsys, "train", *args, "trainer.max_epochs=2")
+    proc = dlp_in_process(capsys, "train", "model=mlp", "data=csv", "data.path=my.csv", "data.target=label",
+                          "trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.threads=1",
+                          "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, run = _only_run(store)
-    proc = dlp_in_process(capsys, "train", *args, "trainer.max_epochs=4", "resume=last")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client, resumed = _only_run(store)  # the same run, continued
-    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2, 3]
-    assert resumed.data.tags["dlp.task"] == "classification"
+    assert run.info.status == "FINISHED" and run.data.tags["dlp.task"] == "classification"
 
     raw = frame.drop(columns="label").head(7)
     raw.to_csv(tmp_path / "raw.csv", index=False)
