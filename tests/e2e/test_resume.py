@@ -103,7 +103,7 @@ def test_resume_last_after_a_signal_ends_as_the_uninterrupted_run(baseline, stor
         assert code in (130, 143) and run.info.status == "KILLED", (code, run.info.status, err[-2000:])
         assert "Traceback" not in err and "the MLflow run is marked KILLED" in err, err[-2000:]
     logged = len(client.get_metric_history(run.info.run_id, "train/loss"))
-    assert after + 1 <= logged < EPOCHS, logged
+    assert after + 1 <= logged <= EPOCHS, logged   # EPOCHS: it landed in the test pass or model logging
 
     proc = _dlp([*_args(tmp_path / "data.csv"), "resume=last"], tmp_path)
     out, err = proc.communicate(timeout=300)
