@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A test run started in the background (nohup, `&`, some CI runners) inherits SIGINT ignored, and so would every
+# `dlp` process the tests start: the Ctrl-C tests would find Ctrl-C ignored. Handlers do not survive exec, so
+# with this the tests' processes start with Ctrl-C's default meaning.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # One quick epoch on a slice of the data; explicit keys because a preset, applied after
 # trainer=smoke, would set its own max_epochs. One thread per process: the machine has 2 cores.
