@@ -85,11 +85,8 @@ def baseline(tmp_path_factory):
     return _history(client, run.info.run_id), tests
 
 
-@pytest.mark.parametrize("sig", [
-    signal.SIGTERM,
-    pytest.param(signal.SIGINT, marks=pytest.mark.slow),
-    pytest.param(signal.SIGKILL, marks=pytest.mark.slow),
-])
+@pytest.mark.slow   # two real runs each, against a shared uninterrupted one: make test-slow, CI
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_resume_last_after_a_signal_ends_as_the_uninterrupted_run(baseline, store, tmp_path, sig):
     history, tests = baseline
     _write_data(tmp_path / "data.csv")
@@ -117,16 +114,19 @@ def test_resume_last_after_a_signal_ends_as_the_uninterrupted_run(baseline, stor
     assert all(abs(got_tests[k] - tests[k]) < 1e-6 for k in tests), (got_tests, tests)
 
 
-def test_last_ckpt_is_the_last_epoch_not_the_best(store, tmp_path):
+def test_last_ckpt_is_the_last_epoch_not_the_best(tmp_path):
     """last.ckpt is rewritten after every epoch, also when the monitored metric got worse."""
     import torch
 
+    from pipelines.config.compose import compose
+    from pipelines.training.fit import fit
+
     _write_data(tmp_path / "data.csv")
     # a learning rate this high makes val/loss worse in later epochs
-    proc = _dlp([*_args(tmp_path / "data.csv"), "trainer.max_epochs=4", "optim.lr=0.5"], tmp_path)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    (last,) = (tmp_path / "outputs" / "checkpoints").glob("*/last.ckpt")
+    cfg = compose([*_args(tmp_path / "data.csv")[1:], "trainer.max_epochs=4", "optim.lr=0.5",
+                   "trainer.progress_bar=false", f"output_dir={tmp_path}"])
+    fit(cfg, run_id=None)
+    (last,) = (tmp_path / "checkpoints").glob("*/last.ckpt")
     assert torch.load(last, weights_only=True)["epoch"] == 3
 
 
@@ -144,6 +144,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_a_kill_just_after_the_checkpoint_loses_no_epoch(baseline, store, tmp_path):
     """MLflow never lags the checkpoint: an epoch is logged before its last.ckpt is written, so a process killed
     right after the write still has that epoch's metrics, and the resumed run logs each epoch once."""

@@ -77,6 +77,7 @@ def test_two_workers_match_one_process_and_log_each_epoch_once(two_workers, tmp_
         (run.data.metrics["test/acc"], one.test_metrics["test/acc"])
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_a_killed_worker_resumes_from_its_checkpoint(two_workers, ray_cluster, store, monkeypatch, capsys):
     monkeypatch.setenv("DLP_FAULT", "rank=1,epoch=2")  # rank 1 exits hard in epoch 3 of 5, first attempt only
     proc = dlp_in_process(capsys, "train", *JOB, "trainer.num_workers=2", "trainer.max_failures=1")

@@ -91,6 +91,7 @@ def test_user_errors_are_one_line(client_env, capsys, monkeypatch):
     assert_one_line_error(proc, "rejected the auth token")
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 @pytest.mark.distributed
 def test_train_job_logs_to_the_callers_store(client_env, store, tmp_path, capsys, monkeypatch):
     """A relative sqlite URI reaches the job as an absolute path: the run lands in the caller's store."""

@@ -9,9 +9,10 @@ from tests.conftest import SMOKE
 from tests.datafiles import write_cifar10, write_mnist
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SLOW = {"cifar10_cnn"}   # half a minute: make test-slow, CI
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p for p in PRESETS])
 def test_preset_trains_one_quick_epoch(preset, tmp_path):
     extra = []
     if preset.startswith("mnist"):

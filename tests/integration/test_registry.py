@@ -173,6 +173,7 @@ def _racer(uri, cwd, jobs, results, barrier):
             results.put((version, f"error: {e}"))
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_racing_promotions_always_end_with_the_better_champion(reg, capsys):
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()

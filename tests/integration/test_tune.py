@@ -28,6 +28,7 @@ def _children(uri, parent):
                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
     uri, parent, console = sweep
     children = _children(uri, parent)
@@ -52,6 +53,7 @@ def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
     assert "trial" in console and "stopped" in console and "best:" in console
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_stopped_trials_release_their_workers(sweep):
     from ray.util.state import list_actors, list_placement_groups
 
@@ -61,6 +63,7 @@ def test_stopped_trials_release_their_workers(sweep):
     assert not list_placement_groups(filters=[("state", "=", "CREATED")], raise_on_missing_output=False)
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_the_sweep_run_records_space_budget_and_best(sweep):
     uri, parent, _ = sweep
     client = MlflowClient(uri)
@@ -80,6 +83,7 @@ def test_the_sweep_run_records_space_budget_and_best(sweep):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
     import mlflow
     import pandas as pd
@@ -101,6 +105,7 @@ def test_the_best_trials_model_is_the_challenger(sweep, tmp_path):
     assert accuracy == pytest.approx(best_run.data.metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow   # over half a minute: make test-slow, CI
 def test_random_search_runs_no_more_trials_at_once_than_allowed(ray_cluster, tmp_path):
     """Grid and random search go through Ray's BasicVariantGenerator, for which Tune ignores
     TuneConfig.max_concurrent_trials: the limit must hold anyway (here 1, so the trials' runs never overlap)."""
