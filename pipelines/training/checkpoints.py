@@ -78,10 +78,11 @@ def _rng_state() -> Dict[str, Any]:
     import torch
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
-            "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
             "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+            "python": [version, list(internal), gauss]}
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:

@@ -151,27 +151,28 @@ def test_an_unreachable_database_is_one_line_password_masked(fresh, monkeypatch,
 
 # -- a SQLite file ---------------------------------------------------------------------------------------------
 
+def _refused_untouched(db, monkeypatch, capsys, needle: str) -> None:
+    """`dlp train` on the store file `db` (in the working directory): exit 2, one line with `needle`, the file
+    byte-identical with the same mtime."""
+    before = _state(db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db.name}")
+    proc = dlp_in_process(capsys, "train", "model=mlp", *SMOKE)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, needle)
+    assert _state(db) == before
+
+
 def test_a_file_that_is_not_a_database_is_left_untouched(fresh, monkeypatch, capsys):
     db = fresh / "mlflow.db"
     db.write_text("name,score\nada,1\n")   # say, a CSV saved under the store's name
-    before = _state(db)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    proc = dlp_in_process(capsys, "train", "model=mlp", *SMOKE)
-    assert proc.returncode == 2
-    assert_one_line_error(proc, "mlflow.db is not an SQLite database")
-    assert _state(db) == before
+    _refused_untouched(db, monkeypatch, capsys, "mlflow.db is not an SQLite database")
 
 
 def test_another_programs_sqlite_database_is_left_untouched(fresh, monkeypatch, capsys):
     db = fresh / "app.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE customers (name TEXT)")
-    before = _state(db)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///app.db")
-    proc = dlp_in_process(capsys, "train", "model=mlp", *SMOKE)
-    assert proc.returncode == 2
-    assert_one_line_error(proc, "app.db is an SQLite database of something else (tables customers)")
-    assert _state(db) == before
+    _refused_untouched(db, monkeypatch, capsys, "app.db is an SQLite database of something else (tables customers)")
 
 
 def _made_store(path):
