@@ -109,11 +109,15 @@ def _group_schema(group: str, field: str, raw: DictConfig, schemas: dict) -> Dic
     return OmegaConf.structured(schemas[name])
 
 
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _check_values(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in allowed:
-            raise ConfigError(f"config: {key}: unknown '{value}' (allowed: {', '.join(allowed)})")
+            raise ConfigError(f"config: {key}: unknown '{value}' (allowed: {', '.join(_shown(a) for a in allowed)})")
     d, t, o = cfg.data, cfg.trainer, cfg.optim
     checks = [
         ("data.batch_size", d.batch_size >= 1, "must be >= 1"),

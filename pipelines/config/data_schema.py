@@ -6,7 +6,7 @@ requires, what it changes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -25,6 +25,7 @@ class TabularDataConfig:
     stratify: bool = True
     balance: str = "none"             # none | weights (class-weighted loss) | oversample
     batch_size: int = 64              # global batch size
+    on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     max_classes: int = 50             # an integer target with more distinct values is regression under task=auto
 
 
@@ -49,6 +50,7 @@ class ImageDataConfig:
     stratify: bool = True
     balance: str = "none"
     batch_size: int = 64
+    on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     task: str = "classification"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     limit: Optional[int] = None       # keep only the first N training images (quick runs)
@@ -75,6 +77,7 @@ class TextDataConfig:
     stratify: bool = True
     balance: str = "none"
     batch_size: int = 64
+    on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     task: str = "classification"
     limit: Optional[int] = None       # keep only the first N rows (quick runs)
 
@@ -98,6 +101,7 @@ class TimeSeriesDataConfig:
     val_fraction: float = 0.15        # chronological: train | val | test, in time order
     test_fraction: float = 0.15
     batch_size: int = 128
+    on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     task: str = "regression"
     balance: str = "none"
     limit: Optional[int] = None       # keep only the last N time steps (quick runs)

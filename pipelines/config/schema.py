@@ -31,7 +31,10 @@ CHOICES: Dict[str, tuple] = {
     "sched.name": ("constant", "step", "exponential", "cosine", "onecycle", "plateau"),
     "loss.name": ("auto", "cross_entropy", "bce", "mse", "huber"),
     "monitor.mode": ("min", "max"),
-    "trainer.precision": ("32-true", "bf16-mixed", "16-mixed", "64-true"),
+    "trainer.precision": ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"),
+    "trainer.matmul_precision": ("highest", "high", "medium"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "data.on_device": ("auto", True, False),
     "trainer.lr_scaling": ("none", "linear", "sqrt"),
 }
 
@@ -47,7 +50,10 @@ class TrainerConfig:
     max_epochs: int = 20
     accelerator: str = "auto"         # auto | cpu | gpu
     devices: Any = "auto"
-    precision: str = "32-true"
+    precision: str = "32-true"        # 32-true | 16-mixed (gradient scaling) | bf16-mixed | bf16-true | 64-true
+    matmul_precision: str = "highest"  # float32 matmuls: highest | high | medium (TF32 / bf16 passes on Ampere+)
+    compile: bool = False             # torch.compile the network (no backend: one warning, eager)
+    compile_mode: str = "default"     # torch.compile mode: default | reduce-overhead | max-autotune | ...
     gradient_clip_val: float = 0.0    # 0 disables clipping (by norm)
     accumulate_grad_batches: int = 1
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -111,6 +117,8 @@ class MLflowConfig:
     run_name: Optional[str] = None
     log_model: bool = True
     registered_model_name: Optional[str] = None
+    system_metrics: bool = True          # CPU, memory, disk, network and (NVML) GPU use as system/<node>/... metrics
+    system_metrics_interval: float = 10.0  # seconds between samples
 
 
 @dataclass

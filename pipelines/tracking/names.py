@@ -17,6 +17,12 @@ PERF_PREFIX = "perf/"
 EPOCH_SECONDS = "perf/epoch_seconds"         # the whole epoch: training batches, validation, checkpoint
 TRAIN_SECONDS = "perf/train_seconds"         # the training batches only
 LAUNCH_PREFIX = "perf/launch/"               # where a distributed run's time outside training goes
+SAMPLES_PER_SECOND = "perf/samples_per_second"   # training samples per second over the epoch's batches, all ranks
+STEPS_PER_SECOND = "perf/steps_per_second"       # optimiser steps per second, likewise
+FLOPS_PER_SAMPLE = "perf/flops_per_sample"       # forward + backward FLOPs of one training sample, counted once
+TFLOPS = "perf/tflops"                           # achieved: flops_per_sample x samples_per_second / 1e12
+MFU = "perf/mfu"                                 # tflops / the device's peak at the run's precision (known parts only)
+SYSTEM_PREFIX = "system/"                        # MLflow's system metrics: system/<node>/cpu_utilization_percentage ...
 HEADLINE_TEST_METRICS = ("test/acc", "test/f1", "test/r2", "test/mae")   # what summaries and `dlp models` show
 BY_HORIZON = "test/{}_by_horizon"            # forecasts: test/mae_by_horizon, step = steps ahead
 TRIALS_PREFIX = "trials/"                    # a sweep's counts: trials/completed, stopped, errored, epochs

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from pipelines import signals
 from pipelines.tracking import callbacks, runs, store
-from pipelines.training import checkpoints
+from pipelines.training import accel, checkpoints, perf
 
 
 @dataclass
@@ -53,9 +53,10 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
+    accel.configure(cfg)
     dm = datamodule or datamodules.build(cfg.data, cfg.seed)
     dm.setup("fit")
-    model = models.build(cfg, dm.spec)
+    model = accel.compiled(models.build(cfg, dm.spec), cfg)
     ckpt_cb = checkpoint or _model_checkpoint(cfg, run_id)
     kept = [ckpt_cb] if checkpoint else [ckpt_cb, checkpoints.LastCheckpoint(checkpoint_dir(cfg, run_id or "local"))]
     logged, others = _callbacks(cfg, run_id, uri or store.tracking_uri(cfg))
@@ -105,7 +106,7 @@ def _callbacks(cfg: DictConfig, run_id: Optional[str], uri: str) -> tuple:
 
     mode, metric = cfg.monitor.mode, cfg.monitor.metric
     logged = [callbacks.MLflowEpochLogger(run_id, uri)] if run_id is not None else []
-    out = []
+    out = [perf.Throughput(cfg)]
     if cfg.trainer.progress_bar and not sys.stderr.isatty():
         out.append(callbacks.EpochPrinter(metric))
     stopping = cfg.trainer.early_stopping
