@@ -78,8 +78,11 @@ def last_logged_epoch(client, run_id: str) -> int:
 
 
 def epoch_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
-    """The per-epoch ones (train/, val/) of Lightning's callback metrics, as floats."""
-    return {k: float(v) for k, v in metrics.items() if k.startswith(names.EPOCH_PREFIXES)}
+    """The per-epoch ones (train/, val/, perf/ throughput) of Lightning's callback metrics, as floats.
+
+    perf/launch/ is not an epoch's: the driver logs it once, after training (ray_driver)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k.startswith((*names.EPOCH_PREFIXES, names.PERF_PREFIX)) and not k.startswith(names.LAUNCH_PREFIX)}
 
 
 def existing_run(run_id: str) -> Optional[str]:
