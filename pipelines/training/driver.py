@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from pipelines.cluster import local
 from pipelines.errors import UserError
-from pipelines.tracking import artifacts, console, names, runs, store
+from pipelines.tracking import artifacts, console, names, runs, store, system_metrics
 from pipelines.training import checks, outputs, ray_driver
 from pipelines.training.fit import FitResult, fit
 
@@ -72,11 +72,12 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
             mlflow.set_tag(names.RESUMED_FROM, str(resume_from or f"ray checkpoint (resume={cfg.resume})"))
         ckpt_path = str(resume_from) if resume_from else None
         try:
-            if cfg.trainer.num_workers >= 1:
-                result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks,
-                                        cluster=cluster, process_started=process_started)
-            else:
-                result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
+            with system_metrics.monitoring(cfg, run_id, uri):   # this node's; Ray workers monitor theirs
+                if cfg.trainer.num_workers >= 1:
+                    result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks,
+                                            cluster=cluster, process_started=process_started)
+                else:
+                    result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
             out = TrainResult(run_id, experiment.experiment_id, result)
             out.model_uri = outputs.log_outputs(cfg, dm, result, run_id)
         finally:
