@@ -1,6 +1,6 @@
 """Pieces every datamodule shares: the DataSpec handed to models.build,
-seeded (stratified) splits, the batch-at-a-time BatchLoader and the BaseDataModule that ties them
-together (setup once, loaders, fingerprint, raw rows for MLflow input examples and `dlp predict`).
+seeded (stratified) splits, and the BaseDataModule that ties them to loader.py's batch-at-a-time BatchLoader
+(setup once, loaders, fingerprint, raw rows for MLflow input examples and `dlp predict`).
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -17,6 +17,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from . import preprocess
+from . import loader as loading
+from .loader import BatchLoader
 from .errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -96,82 +98,6 @@ def class_balance(y_train: np.ndarray, num_classes: int) -> np.ndarray:
     return w * num_classes / w.sum()
 
 
-# ---- loader --------------------------------------------------------------------------------
-
-def _world() -> tuple:
-    """(rank, world_size) of the running torch.distributed group, (0, 1) outside one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's stride of `order`, wrapped around so every rank gets ceil(n / world_size) items."""
-    n = len(order)
-    total = math.ceil(n / world_size) * world_size
-    if total > n:
-        order = order[torch.arange(total) % n]
-    return order[rank::world_size]
-
-
-class BatchLoader:
-    """Serves in-memory tensors a whole batch per index op (no per-sample Python calls).
-
-    The batch size is global: under torch.distributed each rank takes batch_size // world_size
-    from its own share of one permutation that every rank draws identically.
-    """
-
-    def __init__(self, tensors: tuple, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 sample_weights: Optional[torch.Tensor] = None):
-        self.tensors = tuple(tensors)
-        self.n = int(self.tensors[0].shape[0])
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.transform = transform
-        self.sample_weights = sample_weights
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _local(self) -> tuple:
-        """(samples on this rank, per-rank batch size)."""
-        _, world = _world()
-        return math.ceil(self.n / world), max(1, self.batch_size // world)
-
-    def __len__(self) -> int:
-        n, bs = self._local()
-        return n // bs if self.drop_last else math.ceil(n / bs)
-
-    def __iter__(self):
-        # the epoch advances when an iteration starts, not when it ends, so Lightning (which never
-        # calls set_epoch on a non-DataLoader) and limit_train_batches both still get a new order
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        if self.sample_weights is not None:
-            order = torch.multinomial(self.sample_weights, self.n, replacement=True, generator=g)
-        elif self.shuffle:
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
-        rank, world = _world()
-        if world > 1:
-            order = shard_indices(order, rank, world)
-        return self._batches(order, len(self))
-
-    def _batches(self, order: torch.Tensor, count: int):
-        _, bs = self._local()
-        for i in range(count):
-            idx = order[i * bs:(i + 1) * bs]
-            x, *rest = (t[idx] for t in self.tensors)
-            if self.transform is not None:
-                x = self.transform(x)
-            yield (x, *rest)
-
-
 # ---- datamodule ----------------------------------------------------------------------------
 
 class BaseDataModule(L.LightningDataModule):
@@ -195,6 +121,8 @@ class BaseDataModule(L.LightningDataModule):
         # the epoch the training loader's shuffle count starts at: a resumed run sets it to the next epoch, so
         # the order continues as the uninterrupted run's (Lightning makes the first iterator before any hook runs)
         self.first_epoch = 0
+        self._placement: Optional[torch.device] = None
+        self._on_device: dict = {}
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -232,12 +160,13 @@ class BaseDataModule(L.LightningDataModule):
     def train_dataloader(self) -> BatchLoader:
         self.setup()
         x, y = self._tensors["train"]
-        _, world = _world()
+        _, world = loading._world()
         n, bs = math.ceil(len(x) / world), max(1, self.cfg.batch_size // world)
         # a final batch of one sample breaks BatchNorm in training mode
         drop_last = n > bs and n % bs == 1
-        loader = BatchLoader((x, y), self.cfg.batch_size, shuffle=True, seed=self.seed, drop_last=drop_last,
-                             transform=self._train_transform(), sample_weights=self._sample_weights)
+        loader = BatchLoader(self._placed("train"), self.cfg.batch_size, shuffle=True, seed=self.seed,
+                             drop_last=drop_last, transform=self._train_transform(),
+                             sample_weights=self._sample_weights, pin=self._pin())
         loader.set_epoch(self.first_epoch)
         return loader
 
@@ -249,7 +178,30 @@ class BaseDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> BatchLoader:
         self.setup()
-        return BatchLoader(self._tensors[split], self.cfg.batch_size, shuffle=False, seed=self.seed)
+        return BatchLoader(self._placed(split), self.cfg.batch_size, shuffle=False, seed=self.seed, pin=self._pin())
+
+    # -- placement (data.on_device) --
+    def _device(self) -> torch.device:
+        """The training device: the attached Trainer's, else the host."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def placement(self) -> torch.device:
+        """Where the split tensors live while training: the training device or the host (data.on_device)."""
+        if self.trainer is None:
+            return torch.device("cpu")   # outside training (checks, plots): the host
+        if self._placement is None:
+            self._placement = loading.placement(getattr(self.cfg, "on_device", "auto"), self._device(),
+                                        sum(t.numel() * t.element_size() for ts in self._tensors.values() for t in ts))
+        return self._placement
+
+    def _placed(self, split: str) -> tuple:
+        device = self.placement()
+        if split not in self._on_device:   # no copy where the device is the host
+            self._on_device[split] = tuple(t.to(device) for t in self._tensors[split])
+        return self._on_device[split]
+
+    def _pin(self) -> bool:
+        return self.placement().type == "cpu" and self._device().type == "cuda"
 
     # -- records --
     def fingerprint(self) -> dict:

@@ -225,9 +225,9 @@ class Augment:
             flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                             torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x.dtype)
+                             torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        fill = self.fill.to(x.dtype)
+        fill = self.fill.to(x.device, x.dtype)   # drawn on the host, applied where the batch is (data.on_device)
         return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 

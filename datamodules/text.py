@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import base, preprocess
-from .base import BaseDataModule, BatchLoader, DataError, DataSpec, split_indices
+from . import loader as loading, preprocess
+from .base import BaseDataModule, DataError, DataSpec, split_indices
+from .loader import BatchLoader
 from .tabular import _listing, read_table
 
 SOURCES = ("rotten_tomatoes", "csv", "parquet", "huggingface")
@@ -111,26 +112,28 @@ class TextLoader(BatchLoader):
     """
 
     def __init__(self, tensors: tuple, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                 sample_weights: Optional[torch.Tensor] = None, bucket: bool = False, pad: int = 0):
-        super().__init__(tensors, batch_size, shuffle, seed, drop_last=drop_last, sample_weights=sample_weights)
+                 sample_weights: Optional[torch.Tensor] = None, bucket: bool = False, pad: int = 0, pin: bool = False):
+        super().__init__(tensors, batch_size, shuffle, seed, drop_last=drop_last, sample_weights=sample_weights,
+                         pin=pin)
         self.pad = pad
         self.bucket = bucket and (shuffle or sample_weights is not None)
-        self.lengths = (self.tensors[0] != pad).sum(1)
+        self.lengths = (self.tensors[0] != pad).sum(1).cpu()
 
     def __iter__(self):
         if not self.bucket:
-            return (self._trim(batch) for batch in super().__iter__())
+            return super().__iter__()
         epoch, self.epoch = self.epoch, self.epoch + 1
         g = torch.Generator().manual_seed(self.seed + epoch)
         if self.sample_weights is not None:
             order = torch.multinomial(self.sample_weights, self.n, replacement=True, generator=g)
         else:
             order = torch.randperm(self.n, generator=g)
-        rank, world = base._world()
+        rank, world = loading._world()
         if world > 1:
-            order = base.shard_indices(order, rank, world)
+            order = loading.shard_indices(order, rank, world)
         batches = self._buckets(order, len(self), g)
-        return (self._trim(tuple(t[idx] for t in self.tensors)) for idx in batches)
+        placed = torch.cat(batches).to(self.tensors[0].device).split([len(b) for b in batches]) if batches else []
+        return (self._take(idx, at) for idx, at in zip(batches, placed))
 
     def _buckets(self, order: torch.Tensor, count: int, g: torch.Generator) -> list:
         _, bs = self._local()
@@ -144,9 +147,10 @@ class TextLoader(BatchLoader):
         batches = batches[:count]
         return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
-    def _trim(self, batch: tuple) -> tuple:
-        x, *rest = batch
-        width = max(1, int((x != self.pad).sum(1).max())) if len(x) else 1
+    def _take(self, idx: torch.Tensor, placed: torch.Tensor) -> tuple:
+        # the width comes from the host-side lengths: no device sync per batch
+        width = max(1, int(self.lengths[idx].max())) if len(idx) else 1
+        x, *rest = super()._take(idx, placed)
         return (x[:, :width], *rest)
 
 
@@ -266,14 +270,14 @@ class TextDataModule(BaseDataModule):
     def train_dataloader(self) -> TextLoader:
         plain = super().train_dataloader()   # decides drop_last and oversampling
         loader = TextLoader(plain.tensors, plain.batch_size, shuffle=True, seed=plain.seed, drop_last=plain.drop_last,
-                            sample_weights=plain.sample_weights, bucket=bool(self.cfg.bucket))
+                            sample_weights=plain.sample_weights, bucket=bool(self.cfg.bucket), pin=plain.pin)
         loader.set_epoch(plain.epoch)
         return loader
 
     def _eval_loader(self, split: str) -> TextLoader:
         self.setup()
         # no sorting: predictions must line up with the split's rows
-        return TextLoader(self._tensors[split], self.cfg.batch_size, shuffle=False, seed=self.seed)
+        return TextLoader(self._placed(split), self.cfg.batch_size, shuffle=False, seed=self.seed, pin=self._pin())
 
 
 def _row(i: int, n_pool: int) -> str:

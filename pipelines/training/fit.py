@@ -45,14 +45,11 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
             <output_dir>/checkpoints/<run id>; a Ray Train worker passes its report to Ray's storage instead.
     """
     import lightning as L
-    import torch
 
     import datamodules
     import models
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.threads > 0:
-        torch.set_num_threads(cfg.trainer.threads)
     accel.configure(cfg)
     dm = datamodule or datamodules.build(cfg.data, cfg.seed)
     dm.setup("fit")
@@ -66,6 +63,7 @@ def fit(cfg: DictConfig, run_id: Optional[str], datamodule=None, ckpt_path: Opti
                        [checkpoints.AtomicCheckpointIO(), *(plugins or [])])
     if prepare is not None:
         trainer = prepare(trainer)
+    accel.say_precision(cfg, trainer)
 
     start = time.perf_counter()
     try:

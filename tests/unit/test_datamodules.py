@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import datamodules
-from datamodules import DataError, DataSpec, base, preprocess
-from datamodules.base import BatchLoader, shard_indices, split_indices
+from datamodules import DataError, DataSpec, loader as loading, preprocess
+from datamodules.base import split_indices
+from datamodules.loader import BatchLoader, shard_indices
 from datamodules.image import Augment
 from datamodules.tabular import infer_task
 from pipelines.config.data_schema import AugmentConfig, ImageDataConfig, TabularDataConfig
@@ -214,7 +215,7 @@ class CountingTensor:
     """Stands in for a tensor and records every index operation."""
 
     def __init__(self, t):
-        self.t, self.calls, self.shape = t, [], t.shape
+        self.t, self.calls, self.shape, self.device = t, [], t.shape, t.device
 
     def __getitem__(self, idx):
         self.calls.append(idx)
@@ -263,7 +264,7 @@ def test_batch_loader_under_simulated_ddp(monkeypatch):
     x = torch.arange(103)
     seen = []
     for rank in range(4):
-        monkeypatch.setattr(base, "_world", lambda rank=rank: (rank, 4))
+        monkeypatch.setattr(loading, "_world", lambda rank=rank: (rank, 4))
         loader = BatchLoader((x, x), 32, shuffle=True, seed=5)   # global 32 -> 8 per rank
         batches = list(loader)
         assert len(loader) == len(batches) == 4 and max(len(b[0]) for b in batches) == 8
@@ -361,3 +362,14 @@ def test_cifar10_batches(tmp_path):
 
 def test_spec_reexported():
     assert datamodules.DataSpec is DataSpec and issubclass(datamodules.DataError, Exception)
+
+
+def test_on_device_placement_rules():
+    """data.on_device: false keeps the host, true takes the training device, auto takes the host on a CPU run
+    (on CUDA: the device if the tensors take under ON_DEVICE_SHARE of its free memory)."""
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert loading.placement(False, gpu, 10) == cpu and loading.placement("false", gpu, 10) == cpu
+    assert loading.placement(True, gpu, 10) == gpu and loading.placement("true", gpu, 10) == gpu
+    assert loading.placement("auto", cpu, 10) == cpu
+    dm = image(augment=AugmentConfig(enabled=False))
+    assert dm.placement() == cpu and not dm._pin()     # no trainer attached: checks and plots read the host copy

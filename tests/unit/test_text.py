@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules import DataError, base, preprocess
+from datamodules import DataError, loader as loading, preprocess
 from datamodules.base import split_indices
 from datamodules.text import TextLoader
 from pipelines.config.data_schema import TextDataConfig
@@ -224,13 +224,13 @@ def test_bucketed_loader_ddp_oversampling_and_drop_last(monkeypatch):
         x[i, :1 + i % 10] = i + 2         # row i holds id i+2: identifiable in any batch
     seen = []
     for rank in range(4):
-        monkeypatch.setattr(base, "_world", lambda rank=rank: (rank, 4))
+        monkeypatch.setattr(loading, "_world", lambda rank=rank: (rank, 4))
         loader = TextLoader((x, torch.arange(103)), 32, shuffle=True, seed=5, bucket=True)
         batches = list(loader)
         assert len(loader) == len(batches) == 4 and max(len(b[0]) for b in batches) == 8
         seen.append(torch.cat([b[1] for b in batches]))
     assert {len(s) for s in seen} == {26} and set(torch.cat(seen).tolist()) == set(range(103))
-    monkeypatch.setattr(base, "_world", lambda: (0, 1))
+    monkeypatch.setattr(loading, "_world", lambda: (0, 1))
     weights = torch.tensor([1.0] * 100 + [50.0] * 3, dtype=torch.float64)
     loader = TextLoader((x, torch.arange(103)), 17, shuffle=True, seed=0, drop_last=True, sample_weights=weights,
                         bucket=True)
