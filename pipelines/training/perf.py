@@ -87,6 +87,8 @@ class Throughput(Callback):
             self._start, self._steps = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is None or self._end is not None:   # timed until the epoch's first validation
+            return
         self._samples += len(inputs(batch))
         if batch_idx + 1 >= trainer.num_training_batches:
             self._stop(trainer, pl_module)

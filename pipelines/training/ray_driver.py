@@ -202,8 +202,8 @@ def _stage_in(ckpt_path: str, storage: str, run_id: str) -> str:
 def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], callbacks: Sequence):
     from ray.train import TrainingFailedError
 
-    config = {"cfg": worker_config(cfg), "run_id": run_id, "ckpt_path": ckpt_path,
-              "fault": os.environ.get("DLP_FAULT"), "storage": storage_path(cfg)}
+    config = {"cfg": worker_config(cfg), "run_id": run_id, "ckpt_path": ckpt_path, "fault": os.environ.get("DLP_FAULT"),
+              "storage": storage_path(cfg), **ray_worker.monitor_config(store.absolute_uri(uri))}
     callbacks = [ray_tracking.MLflowReport(run_id, store.absolute_uri(uri)), *callbacks]
     trainer = _torch_trainer(cfg, config, run_id, callbacks)
     start = time.perf_counter()

@@ -5,7 +5,9 @@ No shared disk is assumed: per epoch, every worker reports to Ray and rank 0 han
 checkpoint, which Ray copies into trainer.storage_path (a local folder on one node; a shared filesystem or
 s3:// on several). The test pass after fit reads Ray's best checkpoint from there on every rank, a restarted
 worker group resumes from Ray's latest, and what a worker staged on its node's disk is removed when it ends.
-Workers never write to MLflow: Ray's controller does, on the driver's node (ray_tracking.py).
+Workers never write epochs to MLflow: Ray's controller does, on the driver's node (ray_tracking.py). The one
+exception is a node's system metrics, which the worker of local rank 0 on a node other than the driver's logs
+when the tracking store takes writes from there (a server or a database; `node_monitor`).
 
 Test hook: DLP_FAULT="rank=R,epoch=E" makes worker R exit hard during epoch E (0-based) of the first attempt
 only, to exercise fault tolerance.
@@ -23,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.tracking import callbacks, console, names, runs
+from pipelines.tracking import callbacks, console, names, runs, system_metrics
 from pipelines.training.fit import fit
 from pipelines.training.ray_tracking import EPOCH_FILE
 
@@ -49,6 +51,25 @@ def remove_stagings(paths: Sequence[str]) -> None:
     """remove_staging for each path, on the node this runs on (nodes.on_every_node)."""
     for path in paths:
         remove_staging(Path(path))
+
+
+def monitor_config(uri: str) -> Dict[str, Any]:
+    """On the driver: what the workers need to monitor their nodes (`node_monitor`), for their config."""
+    import ray
+
+    return {"uri": uri, "driver_node": ray.util.get_node_ip_address()}
+
+
+def node_monitor(cfg: DictConfig, config: Dict[str, Any], local_rank: int):
+    """This node's system metrics into the run, from the worker of local rank 0 (one monitor per node), unless
+    the driver's monitor covers the node (the driver's node) or the store is one only the driver's disk holds."""
+    import ray
+
+    node = ray.util.get_node_ip_address()
+    if local_rank != 0 or node == config.get("driver_node") or \
+            not system_metrics.reachable_from_other_nodes(config.get("uri") or ""):
+        return contextlib.nullcontext()
+    return system_metrics.monitoring(cfg, config["run_id"], config["uri"], node_id=node)
 
 
 def train_worker(config: Dict[str, Any]):
@@ -80,17 +101,23 @@ def train_worker(config: Dict[str, Any]):
                 "fit_seconds": out.fit_seconds, "entered_at": entered, "returned_at": time.time()}
 
     try:
-        if checkpoint is None:
-            start = config.get("ckpt_path")
-            return go(_fetch(start, staging / f"resume-rank{rank}") if start else None)
-        with checkpoint.as_directory() as d:
-            epoch_info = json.loads((Path(d) / EPOCH_FILE).read_text())
-            if rank == 0:
-                print(f"resuming from checkpoint {checkpoint.path}/{CKPT_FILE} "
-                      f"(epoch {epoch_info['epoch'] + 1} of {cfg.trainer.max_epochs} done)", flush=True)
-            return go(str(Path(d) / CKPT_FILE), epoch_info["epoch"] + 1)
+        with node_monitor(cfg, config, ray.train.get_context().get_local_rank()):
+            return _start(go, config, checkpoint, staging, rank, cfg.trainer.max_epochs)
     finally:
         remove_staging(staging)
+
+
+def _start(go, config: Dict[str, Any], checkpoint, staging: Path, rank: int, max_epochs: int):
+    """go() from the checkpoint to start from: Ray's latest on a restart, else the driver's resume target."""
+    if checkpoint is None:
+        start = config.get("ckpt_path")
+        return go(_fetch(start, staging / f"resume-rank{rank}") if start else None)
+    with checkpoint.as_directory() as d:
+        epoch_info = json.loads((Path(d) / EPOCH_FILE).read_text())
+        if rank == 0:
+            print(f"resuming from checkpoint {checkpoint.path}/{CKPT_FILE} "
+                  f"(epoch {epoch_info['epoch'] + 1} of {max_epochs} done)", flush=True)
+        return go(str(Path(d) / CKPT_FILE), epoch_info["epoch"] + 1)
 
 
 def _fetch(uri: str, directory: Path) -> str:

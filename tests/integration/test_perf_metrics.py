@@ -2,6 +2,7 @@
 and a monitor that ends before its first interval still logs a sample."""
 from __future__ import annotations
 
+import pytest
 from mlflow import MlflowClient
 
 from pipelines.tracking import names, system_metrics
@@ -59,3 +60,41 @@ def test_a_monitor_shorter_than_its_interval_logs_one_sample(store):
         assert monitor is not None
     history = client.get_metric_history(run.info.run_id, "system/node_a/cpu_utilization_percentage")
     assert [m.step for m in history] == [0]
+
+
+def test_a_worker_monitors_its_node_only_where_the_driver_does_not_and_the_store_is_reachable():
+    import contextlib
+
+    import ray
+    from omegaconf import OmegaConf
+
+    from pipelines.training import ray_worker
+
+    cfg = OmegaConf.create({"mlflow": {"system_metrics": True, "system_metrics_interval": 1.0}})
+    here = ray.util.get_node_ip_address()
+    remote = {"run_id": "r", "uri": "http://tracking:5000", "driver_node": "10.9.9.9"}
+    assert not isinstance(ray_worker.node_monitor(cfg, remote, 0), contextlib.nullcontext)   # another node, a server
+    assert isinstance(ray_worker.node_monitor(cfg, remote, 1), contextlib.nullcontext)       # not local rank 0
+    assert isinstance(ray_worker.node_monitor(cfg, {**remote, "driver_node": here}, 0), contextlib.nullcontext)
+    for uri in ("sqlite:////tmp/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns", ""):
+        assert isinstance(ray_worker.node_monitor(cfg, {**remote, "uri": uri}, 0), contextlib.nullcontext), uri
+    for uri in ("https://mlflow.example.com", "postgresql://u@db/mlflow", "postgresql+psycopg://db/mlflow"):
+        assert system_metrics.reachable_from_other_nodes(uri), uri
+
+
+@pytest.mark.slow          # a real 2-worker Ray run (~1 min)
+@pytest.mark.distributed
+def test_two_ray_workers_log_throughput_once_per_epoch_and_the_driver_monitors_the_node(ray_cluster, store, capsys):
+    _train(capsys, "trainer.num_workers=2")
+    (run,) = runs_with_status(store, "FINISHED")
+    client = MlflowClient(store)
+    for key in PER_EPOCH:
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(EPOCHS)), key
+    metrics = run.data.metrics
+    assert metrics[names.FLOPS_PER_SAMPLE] == DIGITS_MLP_FLOPS
+    # one machine, a SQLite store: the driver's monitor is the node's only one
+    nodes = {k.split("/")[1] for k in metrics if k.startswith(names.SYSTEM_PREFIX)}
+    assert nodes == {system_metrics.node_name()}, nodes
+    assert len(client.get_metric_history(run.info.run_id, f"system/{system_metrics.node_name()}/"
+                                         "cpu_utilization_percentage")) >= 1
+    assert any(k.startswith(names.LAUNCH_PREFIX) for k in metrics)
