@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the GPU machine runs (the device tool: carry [".whl"], command `bash scripts/gpu_check.sh`), and what
-# `make gpu-check` runs here: benchmarks/gpu.py under a 540 s timeout, writing $OUT/gpu.json (default
-# benchmarks/results/) and a log beside it; with $OUT set, gpu.json is also copied to benchmarks/results/.
+# `make gpu-check` runs here: benchmarks/gpu.py under a 540 s timeout, writing $OUT/gpu.json and its log
+# $OUT/gpu_check.log (without $OUT: benchmarks/results/gpu.json, the log in $TMPDIR). On the GPU machine only $OUT
+# comes back: copy its gpu.json to benchmarks/results/ here.
 # Where the python lacks hydra/omegaconf (the GPU machine), the wheels of .whl/ (scripts/gpu_wheels.sh) are installed
 # into /tmp/site first; otherwise (CI, .venv) the python runs as it is.
 set -uo pipefail
@@ -16,9 +17,7 @@ if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
 fi
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-timeout 540 "$PY" benchmarks/gpu.py --out "$DEST/gpu.json" "$@" 2>&1 | tee "$DEST/gpu_check.log"
+LOG=${OUT:-${TMPDIR:-/tmp}}/gpu_check.log
+timeout 540 "$PY" benchmarks/gpu.py --out "$DEST/gpu.json" "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
-if [ "$rc" -eq 0 ] && [ "$DEST" != benchmarks/results ]; then
-    mkdir -p benchmarks/results && cp "$DEST/gpu.json" benchmarks/results/gpu.json
-fi
 exit "$rc"
