@@ -140,6 +140,18 @@ def ratios(records: list) -> dict:
     return out
 
 
+def same_metrics(records: list, model: str, atol: float = 1e-4):
+    """Data on the device and on the host train the same batches in the same order: equal test metrics (32-true,
+    eager; atol covers kernels that are not bitwise deterministic on a GPU). None if either case is missing."""
+    pair = [r for r in records if r["status"] == "ok" and r["model"] == model and r["precision"] == "32-true"
+            and not r["compile"] and r["matmul_precision"] == "highest"]
+    by_place = {r["on_device"]: r["test_metrics"] for r in pair}
+    if set(by_place) != {True, False}:
+        return None
+    on, off = by_place[True], by_place[False]
+    return on.keys() == off.keys() and all(abs(on[k] - off[k]) <= atol for k in on)
+
+
 def checks(cuda: bool, records: list, rat: dict, ddp: dict) -> dict:
     """The issue's Done-when thresholds as booleans (None on CPU or when a case is missing)."""
     def at_least(value, threshold):
@@ -155,6 +167,7 @@ def checks(cuda: bool, records: list, rat: dict, ddp: dict) -> dict:
                                                          THRESHOLD_UTIL),
             "mfu_reported": (bool(mfu) and all(m is not None for m in mfu)) if cuda else None,
             "digits_on_device_gain": at_least(rat["digits_cnn/device_vs_host/32-true"], 1.0),
+            "digits_on_device_same_metrics": same_metrics(records, "digits_cnn"),
             "ddp_initialises": ddp.get("status") == "ok"}
 
 

@@ -144,14 +144,14 @@ def run_case(case, size: str, accelerator: str, output_dir: str, deterministic: 
             torch.cuda.reset_peak_memory_stats()
         util.reset()
         cap = Capture(util, cuda)
-        fit(cfg, None, datamodule=dm, extra_callbacks=[cap])
+        result = fit(cfg, None, datamodule=dm, extra_callbacks=[cap])
     except Exception as e:   # noqa: BLE001 - one failed case must not cost the others
         return {**record, "status": "failed", "error": _first_line(e), "traceback": traceback.format_exc()[-2000:],
                 "case_seconds": time.perf_counter() - start}
     return {**record, "status": "ok", **cap.facts, **_rates(cap.epochs), **_perf(cap.perf),
             **dict(zip(("gpu_util_mean", "gpu_util_samples", "gpu_util_source"), util.result())),
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-            "case_seconds": time.perf_counter() - start}
+            "test_metrics": result.test_metrics, "case_seconds": time.perf_counter() - start}
 
 
 def _rates(epochs: list) -> dict:

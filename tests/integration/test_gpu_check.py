@@ -90,7 +90,12 @@ def check_file(data: dict, want_cases: list) -> None:
         assert c["tflops"] is None or c["tflops"] > 0, c
     assert data["ddp"]["status"] == "ok" and data["ddp"]["backend"] == "gloo" and data["ddp"]["world_size"] == 1
     assert data["checks"]["ddp_initialises"] is True
-    assert all(v is None for k, v in data["checks"].items() if k != "ddp_initialises"), data["checks"]
+    both = {c["name"] for c in ran} >= {"digits_cnn/32-true/eager/device", "digits_cnn/32-true/eager/host"}
+    assert data["checks"]["digits_on_device_same_metrics"] is (True if both else None), data["checks"]
+    for c in ran:
+        assert c["test_metrics"]["test/acc"] >= 0, c
+    cpu_only = ("ddp_initialises", "digits_on_device_same_metrics")
+    assert all(v is None for k, v in data["checks"].items() if k not in cpu_only), data["checks"]
     assert 0 < data["total_seconds"] <= data["budget_seconds"] + 60
     return ran
 
