@@ -19,6 +19,7 @@ import argparse
 import heapq
 import json
 import logging
+import os
 import statistics
 import sys
 import warnings
@@ -57,7 +58,7 @@ def simulate(grid: dict, args: list[str], seed: int, start_seconds: float | None
     search = search if distinct else search.searcher
     search.set_search_properties(METRIC, "max", tune.tune_space(sweep.spec.space, "optuna", sweep.encoded))
     bracket = sweep_search.make_scheduler(sweep)._brackets[0]       # ASHA's one bracket, rungs as `dlp tune` sets them
-    slots = sweep.spec.max_concurrent_trials
+    slots = sweep.spec.max_concurrent_trials or os.cpu_count() or 2
     events: list = []                      # (time, order, trial_id, epoch)
     trials: dict = {}
     clock, started, order = 0.0, 0, 0

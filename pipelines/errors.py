@@ -21,6 +21,11 @@ class ConfigError(UserError):
     """A config that does not compose or does not match its schema."""
 
 
+class Stopped(Exception):
+    """A run stopped from outside before it finished, not by an error: a sweep's scheduler ended its trial. Its
+    MLflow run ends KILLED."""
+
+
 def exit_code(error: BaseException):
     """The exit code of an error a user can cause (UserError, ModelError, DataError, ...), else None."""
     code = getattr(type(error), "exit_code", None)

@@ -111,16 +111,17 @@ class DistinctConfigs(Searcher):
         return self.rng.choice(best) if best else None
 
 
-def make_searcher(sweep):
+def make_searcher(sweep, concurrent: Optional[int] = None):
     """The search algorithm of a sweep (spec.Sweep): Optuna TPE (seeded, repeats withdrawn) or Tune's grid/random
-    generator."""
+    generator, `concurrent` trials at a time (default: tune.max_concurrent_trials, else 2)."""
     spec = sweep.spec
+    concurrent = concurrent or spec.max_concurrent_trials or 2
     if spec.search != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # a SearchGenerator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it (with a warning)
         # and would start every grid point's trial at once, so the generator itself holds the limit
-        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials)
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 

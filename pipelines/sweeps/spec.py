@@ -63,8 +63,11 @@ def prepare(args: List[str]) -> Sweep:
     spec = load_spec(name, tune_overrides)
     cfg = compose([*spec.overrides, *overrides])   # the command line wins over the sweep's fixed overrides
     plain = OmegaConf.to_container(cfg, resolve=True)
-    if plain["trainer"]["num_workers"] < 1:        # a trial is always a Ray Train run
+    if plain["trainer"]["num_workers"] < 1:        # one worker: in the trial's process or a worker group of one
         plain["trainer"]["num_workers"] = 1
+    if spec.in_process and plain["trainer"]["num_workers"] > 1:
+        raise ConfigError(f"tune.in_process=true trains each trial in one process, but trainer.num_workers="
+                          f"{plain['trainer']['num_workers']}; set trainer.num_workers=1 or tune.in_process=null")
     plain["trainer"]["progress_bar"] = False       # the sweep's table replaces per-trial epoch lines
     plain["mlflow"]["tracking_uri"] = store.absolute_uri(store.tracking_uri(cfg))
     plain["mlflow"]["experiment_name"] = cfg.mlflow.experiment_name or cfg.name
@@ -116,7 +119,8 @@ def load_spec(name: str, overrides: List[str] = ()) -> DictConfig:
         if spec[key] not in allowed:
             raise ConfigError(f"tune: {key}: unknown '{spec[key]}' (allowed: {', '.join(allowed)})")
     for key, ok, why in (("num_samples", spec.num_samples >= 1, "must be >= 1"),
-                         ("max_concurrent_trials", spec.max_concurrent_trials >= 1, "must be >= 1"),
+                         ("max_concurrent_trials", spec.max_concurrent_trials is None or spec.max_concurrent_trials >= 1,
+                          "must be >= 1 (or null: as many as fit)"),
                          ("grace_period", spec.grace_period >= 1, "must be >= 1"),
                          ("reduction_factor", spec.reduction_factor >= 2, "must be >= 2"),
                          ("mode", spec.mode in (None, "min", "max"), "must be min or max"),

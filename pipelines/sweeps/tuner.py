@@ -1,25 +1,24 @@
 """`dlp tune`: run (or resume) a prepared Sweep on Ray Tune, one distributed training run per trial.
 
-Each trial is `pipelines.training.driver.train` — a Ray Train run of trainer.num_workers workers — inside a Tune
-function trainable (Ray 2.60's Train V2 pattern): hyperparameters are sampled once, on this driver, and reach
-every worker through the trial's config; each epoch's report reaches Tune through Ray's TuneReportCallback, so
-ASHA sees every epoch.
+Each trial is `pipelines.training.driver.train` inside a Tune function trainable: in the trial's own process
+(in_process.py), or as a Ray Train run of trainer.num_workers workers (Ray 2.60's Train V2 pattern), whose epoch
+reports reach Tune through Ray's TuneReportCallback. Hyperparameters are sampled once, on this driver, and reach
+the trial through its config; ASHA sees every epoch.
 
 MLflow: one parent run for the sweep (space, algorithm, scheduler, budget, then report.py's outputs) and one
 nested child run per trial (trials.py sets its final status).
 
 Resume: the sweep's Tune state lives in <output_dir>/tune/<parent run id>. Running the same command again after
 a crash or Ctrl-C (or with resume=true) restores it: finished trials are kept, unfinished ones rerun their trial
-function, which finds its child run by tag and continues it from the Ray Train checkpoints stored under that
-run's id.
+function, which finds its child run by tag and continues it from its checkpoints (in process: the run's
+last.ckpt; a worker group: the Ray Train checkpoints stored under the run's id).
 
-Resources: a trial's driver only waits on its Train workers, so it reserves a little logical memory and no CPU;
-on a 2-CPU machine two trial drivers holding a CPU each would leave their workers none (deadlock). A sweep whose
-concurrent trials cannot fit the cluster is refused before anything starts.
-
-On a cluster of several nodes the trial drivers stay on this node (where the Tune state, and a local tracking
-store, live); their Train workers go anywhere, with checkpoints in trainer.storage_path (each trial's under
-<storage_path>/tune/<sweep run id>/), which every node must reach.
+Where trials run (slots.py): a trial of trainer.num_workers <= 1 on a one-node cluster trains inside its own
+Tune actor (in_process.py) — no worker group, actors reused, data built once per process — holding its
+worker's CPU (or GPU), as many at once as the node has room for. Other trials are Ray Train runs whose drivers stay
+on this node (where the Tune state, and a local tracking store, live) and hold no CPU; their workers go anywhere,
+with checkpoints in trainer.storage_path (each trial's under <storage_path>/tune/<sweep run id>/), which every
+node must reach. A sweep whose concurrent trials cannot fit the cluster is refused before anything starts.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines import signals
 from pipelines.cluster import local, nodes
 from pipelines.errors import UserError
-from pipelines.sweeps import report, search, trials
+from pipelines.sweeps import report, search, slots, trials
 from pipelines.sweeps.spec import Sweep, decode, tune_space
 from pipelines.sweeps.table import TrialTable
 from pipelines.tracking import names, runs, store
@@ -50,7 +49,6 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
 
     `run_tags` go on a new sweep run (`dlp pipeline` nests the sweep under its own run with them)."""
     import mlflow
-    import ray
 
     from pipelines.cluster.local import RayCluster
 
@@ -66,7 +64,7 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
     # trials' Ray logs stay in Ray's session dir; the table shows them
     with RayCluster(log_to_driver=False, env=sweep.cfg.cluster.env) as cluster:
         cluster.connect()
-        check_fits(sweep.cfg, sweep.spec.max_concurrent_trials, ray.cluster_resources())
+        plan = slots.plan(sweep)
         local.check_outside_job_dir(output_dir=sweep.cfg.output_dir,
                                     **{"trainer.storage_path": sweep.cfg.trainer.storage_path})
         nodes.check_storage(sweep.cfg.trainer.storage_path or str(Path(sweep.cfg.output_dir).resolve() / "tune"))
@@ -76,12 +74,12 @@ def run(sweep: Sweep, run_tags: Optional[Dict[str, str]] = None) -> report.Sweep
         with runs.ending_run():
             if path is None:
                 path = Path(sweep.cfg.output_dir).resolve() / "tune" / parent
-                _log_sweep_inputs(sweep, path)
+                _log_sweep_inputs(sweep, path, plan)
             else:
                 log.info("resuming sweep %s from %s", parent, path)
                 mlflow.set_tag(names.SWEEP_RESUMED, "true")
             with _tune_ctrl_c() as interrupted:
-                grid = _tuner(sweep, parent, path, uri, experiment.name).fit()
+                grid = _tuner(sweep, parent, path, uri, experiment.name, plan).fit()
             if interrupted.is_set():
                 raise KeyboardInterrupt  # Tune saved its state and stopped the trials it was running
             trials.await_trial_workers()
@@ -133,32 +131,15 @@ def _find_unfinished(sweep: Sweep, experiment_id: str):
     return None, None
 
 
-def check_fits(cfg: DictConfig, concurrent: int, total: Dict[str, float]) -> None:
-    """Refuse a sweep whose concurrent trials' workers cannot all be placed on a cluster with `total`
-    resources: Ray would wait forever. Trial drivers hold no CPU (see the module docstring)."""
-    t = cfg.trainer
-    per_worker = dict(t.resources_per_worker) or {"CPU": 1}
-    if t.use_gpu:
-        per_worker.setdefault("GPU", 1)
-    for resource, amount in per_worker.items():
-        need, have = t.num_workers * amount, total.get(resource, 0)
-        if need > have:
-            raise UserError(f"tune: one trial needs {need:g} {resource} (trainer.num_workers={t.num_workers} x "
-                            f"{amount:g}) but the cluster has {have:g}")
-        if need * concurrent > have:
-            raise UserError(f"tune: {concurrent} concurrent trials x {need:g} {resource} each need "
-                            f"{need * concurrent:g} {resource}, the cluster has {have:g}; set "
-                            f"tune.max_concurrent_trials={int(have // need)} or fewer trainer.num_workers")
-
-
-def _log_sweep_inputs(sweep: Sweep, path: Path) -> None:
+def _log_sweep_inputs(sweep: Sweep, path: Path, plan: slots.Slots) -> None:
     import mlflow
 
     from pipelines.config.compose import to_yaml
 
     s = sweep.spec
     mlflow.log_params({"tune.name": sweep.name, "tune.search": s.search, "tune.scheduler": s.scheduler,
-                       "tune.num_samples": s.num_samples, "tune.max_concurrent_trials": s.max_concurrent_trials,
+                       "tune.num_samples": s.num_samples, "tune.max_concurrent_trials": plan.concurrent,
+                       "tune.trials_in_process": plan.in_process,
                        "tune.metric": sweep.metric, "tune.mode": sweep.mode, "tune.grace_period": s.grace_period,
                        "tune.reduction_factor": s.reduction_factor, "tune.seed": s.seed,
                        "tune.workers_per_trial": sweep.cfg.trainer.num_workers,
@@ -171,7 +152,7 @@ def _log_sweep_inputs(sweep: Sweep, path: Path) -> None:
                      names.MONITOR: names.monitor_tag(sweep.metric, sweep.mode)})
 
 
-def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str):
+def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str, plan: slots.Slots):
     from ray import tune
 
     from pipelines.config.compose import with_absolute_paths
@@ -181,20 +162,20 @@ def _tuner(sweep: Sweep, parent: str, path: Path, uri: str, experiment: str):
     base["mlflow"]["experiment_name"] = experiment
     base["trainer"]["storage_path"] = _train_storage(sweep.cfg, path)
     base["mlflow"]["registered_model_name"] = None     # trials log models; the sweep registers the best one
-    info = {"parent": parent, "uri": uri, "encoded": sweep.encoded, "sweep": sweep.name}
-    # trial drivers on this node (Ray's node:<ip> resource); a tiny share, so any number of them fits
-    trainable = tune.with_resources(tune.with_parameters(_trial, base=base, info=info),
-                                    {"memory": sweep.spec.trial_memory_mb * 1024 ** 2,
-                                     f"node:{nodes.driver_node_ip()}": 0.001})
+    info = {"parent": parent, "uri": uri, "encoded": sweep.encoded, "sweep": sweep.name,
+            "in_process": plan.in_process, "cpus": plan.resources.get("CPU", 1)}
+    # every trial's actor on this node (Ray's node:<ip> resource): see slots.py
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=base, info=info), plan.resources)
     if path.exists() and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     s = sweep.spec
     return tune.Tuner(
         trainable, param_space=tune_space(s.space, s.search, sweep.encoded),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search.make_searcher(sweep),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search.make_searcher(sweep, plan.concurrent),
                                     scheduler=search.make_scheduler(sweep),
                                     num_samples=1 if s.search == "grid" else s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent_trials if s.search == "optuna" else None),
+                                    max_concurrent_trials=plan.concurrent if s.search == "optuna" else None,
+                                    reuse_actors=plan.in_process),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                   callbacks=[TrialTable(sweep.metric, list(s.space), sweep.cfg.trainer.max_epochs)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
@@ -207,10 +188,10 @@ def _train_storage(cfg: DictConfig, path: Path) -> str:
 
 
 def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -> None:
-    """One trial, in a Tune trial actor: train one sampled config as a nested MLflow run; continue this trial's
-    run if it has one (resume). Ray's TuneReportCallback turns each epoch's Train report into a Tune result."""
+    """One trial, in a Tune trial actor: train one sampled config as a nested MLflow run, here or in a worker
+    group (Ray's TuneReportCallback turns each epoch's Train report into a Tune result); continue this trial's run
+    if it has one (resume)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.config.compose import validate
     from pipelines.training.driver import train
@@ -221,11 +202,19 @@ def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -
         OmegaConf.update(cfg, key, value, merge=False)
     trial_id = tune.get_context().get_trial_id()
     cfg.mlflow.run_name = f"{info['sweep']}-{trial_id}"
-    cfg = validate(cfg)
     store.configure(cfg)
     tags = {names.PARENT_RUN: info["parent"], names.SWEEP_RUN: info["parent"], names.TRIAL_ID: trial_id,
             names.TRIAL_PARAMS: json.dumps(values)}
-    train(cfg, run_tags=tags, continue_run=_trial_run(info["parent"], trial_id), ray_callbacks=[TuneReportCallback()])
+    continue_run = _trial_run(info["parent"], trial_id)
+    if info["in_process"]:
+        from pipelines.sweeps import in_process
+
+        in_process.prepare(cfg, continue_run, info["cpus"])
+        in_process.run(validate(cfg), tags, continue_run)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    train(validate(cfg), run_tags=tags, continue_run=continue_run, ray_callbacks=[TuneReportCallback()])
 
 
 def _trial_run(parent: str, trial_id: str) -> Optional[str]:

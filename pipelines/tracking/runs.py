@@ -8,6 +8,7 @@ import contextlib
 import time
 from typing import Dict, Optional
 
+from pipelines.errors import Stopped
 from pipelines.tracking import names
 
 MAX_PARAMS_PER_BATCH = 100      # MLflow's cap on one log_batch
@@ -16,7 +17,8 @@ MAX_PARAM_LENGTH = 6000
 
 @contextlib.contextmanager
 def ending_run(run_id: Optional[str] = None, finish: bool = True):
-    """End a run FINISHED, or KILLED on Ctrl-C and FAILED on any other error: never RUNNING.
+    """End a run FINISHED, or KILLED on Ctrl-C or a stop from outside (errors.Stopped) and FAILED on any other
+    error: never RUNNING.
 
     Args:
         run_id: that run, through the client; None: the active (fluent) run.
@@ -32,7 +34,7 @@ def ending_run(run_id: Optional[str] = None, finish: bool = True):
 
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         end("KILLED")
         raise
     except BaseException:

@@ -28,20 +28,23 @@ class TrainResult:
 
 
 def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_run: Optional[str] = None,
-          ray_callbacks: Sequence = (), cluster=None, process_started: Optional[float] = None) -> TrainResult:
+          ray_callbacks: Sequence = (), cluster=None, process_started: Optional[float] = None,
+          fit_callbacks: Sequence = (), datamodule=None) -> TrainResult:
     """Run `dlp train`: returns the run id, test metrics and the logged model's URI.
 
     `dlp tune` trials call it too: `run_tags` nest the run under the sweep (mlflow.parentRunId), `continue_run`
     picks up a trial's earlier run (and, through Ray's storage named by it, its checkpoints), and `ray_callbacks`
     (Tune's report callback) join Ray Train's run config. `cluster`: the RayCluster the command started for a
     distributed run; `process_started`: the command process's start (Unix time), for the launch-phase metrics.
+    In this process (num_workers=0), `fit_callbacks` join fit()'s Lightning callbacks (an in-process trial's
+    report to Tune) and `datamodule` is the data already built (a trial reuses its process's).
     """
     import mlflow
 
     import datamodules
 
     uri = store.configure(cfg)
-    dm = datamodules.build(cfg.data, cfg.seed)
+    dm = datamodule or datamodules.build(cfg.data, cfg.seed)
     dm.setup("fit")  # bad data fails here, before any MLflow run exists
     checks.check_metric(cfg.monitor.metric, dm.spec.task)
     resume_from = checks.resolve_resume(cfg)
@@ -77,7 +80,8 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
                     result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks,
                                             cluster=cluster, process_started=process_started)
                 else:
-                    result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri)
+                    result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri,
+                                 extra_callbacks=fit_callbacks)
             out = TrainResult(run_id, experiment.experiment_id, result)
             out.model_uri = outputs.log_outputs(cfg, dm, result, run_id)
         finally:

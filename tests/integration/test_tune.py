@@ -1,5 +1,6 @@
 """`dlp tune` on a real local Ray cluster and a real MLflow store: a 4-trial Optuna TPE + ASHA sweep of
-the digits CNN, 2 trials at a time on 2 CPUs, each trial a Ray Train run."""
+the digits CNN, 2 trials at a time on 2 CPUs, each trial trained in its own (reused) Tune actor — the default on
+one node — or, with tune.in_process=false, as a Ray Train run; every test holds for both."""
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -12,10 +13,11 @@ pytestmark = pytest.mark.distributed
 SWEEP = ["tune", "experiment=digits_cnn", "tune=digits_asha", "trainer.limit_train_batches=6"]
 
 
-@pytest.fixture(scope="module")
-def sweep(ray_cluster, tmp_path_factory):
-    """The sweep, run once through the CLI entry point: (store URI, parent run, console output)."""
-    uri, code, out = dlp_in_new_store(tmp_path_factory.mktemp("sweep"), *SWEEP)
+@pytest.fixture(scope="module", params=["in_process", "workers"])
+def sweep(ray_cluster, tmp_path_factory, request):
+    """The sweep, run once per trial mode through the CLI entry point: (store URI, parent run, console output)."""
+    mode = [] if request.param == "in_process" else ["tune.in_process=false"]
+    uri, code, out = dlp_in_new_store(tmp_path_factory.mktemp("sweep"), *SWEEP, *mode)
     assert code == 0, out
     parents = [r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags]
     assert len(parents) == 1
@@ -45,12 +47,27 @@ def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
             assert "test/acc" in child.data.metrics
         else:
             assert status == "KILLED" and tag == f"stopped by asha after epoch {len(steps)}" and len(steps) < 4
-        assert child.data.params["trainer.num_workers"] == "1"         # each trial is a Ray Train run
-        assert child.data.tags["dlp.world_size"] == "1"
+        in_process = parent.data.params["tune.trials_in_process"] == "True"
+        # in its Tune actor (no workers), or a Ray Train run of one worker
+        assert child.data.params["trainer.num_workers"] == ("0" if in_process else "1")
+        assert child.data.tags.get("dlp.world_size", "1") == "1"       # set by Ray Train runs
     assert "KILLED" in statuses, "ASHA stopped no trial"
     assert "FINISHED" in statuses
     assert "RUNNING" not in statuses
     assert "trial" in console and "stopped" in console and "best:" in console
+
+
+@pytest.mark.slow   # over half a minute: make test-slow, CI
+def test_trials_in_process_share_two_reused_processes(sweep):
+    """In process, 4 trials 2 at a time run in 2 Tune actors, reused: torch, Lightning, MLflow and the data are
+    loaded once per slot, not once per trial (the cost that made a sweep 8x slower than a plain loop)."""
+    uri, parent, _ = sweep
+    processes = [c.data.tags.get("dlp.trial_process") for c in _children(uri, parent)]
+    if parent.data.params["tune.trials_in_process"] != "True":
+        assert processes == [None] * 4
+        return
+    assert parent.data.params["tune.max_concurrent_trials"] == "2"
+    assert None not in processes and len(set(processes)) == 2, processes
 
 
 @pytest.mark.slow   # over half a minute: make test-slow, CI

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config import compose as config_module
 from pipelines.sweeps import spec as tune
-from pipelines.sweeps import trials, tuner
+from pipelines.sweeps import slots, trials
 from pipelines.config.compose import compose
 from pipelines.errors import ConfigError, UserError
 from tests.conftest import assert_one_line_error, dlp_in_process, runs_with_status
@@ -95,14 +95,54 @@ def test_space_becomes_tune_domains():
 
 def test_a_sweep_that_cannot_fit_the_cluster_says_so():
     two_workers = compose(["trainer.num_workers=2"])
-    tuner.check_fits(two_workers, concurrent=1, total={"CPU": 2.0})          # fits exactly
+    slots.check_fits(two_workers, concurrent=1, total={"CPU": 2.0})          # fits exactly
     with pytest.raises(UserError, match=r"2 concurrent trials x 2 CPU each need 4 CPU, the cluster has 2; "
                                         r"set tune.max_concurrent_trials=1"):
-        tuner.check_fits(two_workers, concurrent=2, total={"CPU": 2.0})
+        slots.check_fits(two_workers, concurrent=2, total={"CPU": 2.0})
     with pytest.raises(UserError, match="one trial needs 4 CPU"):
-        tuner.check_fits(compose(["trainer.num_workers=4"]), concurrent=1, total={"CPU": 2.0})
+        slots.check_fits(compose(["trainer.num_workers=4"]), concurrent=1, total={"CPU": 2.0})
     with pytest.raises(UserError, match="one trial needs 1 GPU"):
-        tuner.check_fits(compose(["trainer.num_workers=1", "trainer.use_gpu=true"]), concurrent=1, total={"CPU": 2.0})
+        slots.check_fits(compose(["trainer.num_workers=1", "trainer.use_gpu=true"]), concurrent=1, total={"CPU": 2.0})
+
+
+def test_trials_in_process_fill_the_node_by_default():
+    """One trial per CPU (or per GPU, with trainer.use_gpu) on the node, unless resources_per_worker asks more."""
+    one = slots.per_worker(compose(["trainer.num_workers=1"]))
+    assert one == {"CPU": 1.0}
+    assert slots.fits(one, {"CPU": 16.0, "memory": 1e9}, "the node", "x") == 16
+    assert slots.fits(slots.per_worker(compose(["trainer.use_gpu=true"])), {"CPU": 16.0, "GPU": 2.0}, "n", "x") == 2
+    assert slots.fits({"CPU": 4.0}, {"CPU": 8.0}, "the node", "x") == 2
+    with pytest.raises(UserError, match=r"one trial needs 1 GPU \(why\) but the driver's node has 0"):
+        slots.fits({"CPU": 1.0, "GPU": 1.0}, {"CPU": 2.0}, "the driver's node", "why")
+
+
+def test_in_process_trials_need_a_single_worker():
+    with pytest.raises(ConfigError, match="tune.in_process=true trains each trial in one process, but "
+                                          "trainer.num_workers=2"):
+        tune.prepare(["experiment=digits_cnn", "tune=digits_asha", "tune.in_process=true", "trainer.num_workers=2"])
+    assert tune.prepare(["experiment=digits_cnn", "tune=digits_asha", "tune.in_process=true"]).spec.in_process
+
+
+def test_an_in_process_trial_reuses_its_processs_data_and_resumes_its_own_checkpoint(tmp_path):
+    from pipelines.sweeps import in_process
+
+    cfg = compose(["experiment=digits_cnn", f"output_dir={tmp_path}"])
+    first = in_process.datamodule(cfg)
+    first.first_epoch = 5                              # as a resumed trial left it
+    assert in_process.datamodule(cfg) is first and first.first_epoch == 0
+    assert in_process.datamodule(compose(["experiment=digits_cnn", "seed=1"])) is not first
+    assert in_process.datamodule(compose(["experiment=digits_cnn", "data.batch_size=7"])).cfg.batch_size == 7
+
+    trial = OmegaConf.create(OmegaConf.to_container(compose(["experiment=digits_cnn", f"output_dir={tmp_path}"])))
+    in_process.prepare(trial, continue_run=None, cpus=3)
+    assert (trial.trainer.num_workers, trial.trainer.threads, trial.resume) == (0, 3, None)
+    last = tmp_path / "checkpoints" / "abc" / "last.ckpt"
+    in_process.prepare(trial, continue_run="abc", cpus=1)
+    assert trial.resume is None                        # no checkpoint yet: the run starts its first epoch
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    in_process.prepare(trial, continue_run="abc", cpus=1)
+    assert trial.resume == str(last.resolve()) and trial.trainer.threads == 3   # trainer.threads once set stays
 
 
 @pytest.mark.parametrize("logged, reported, expected_steps, epochs", [

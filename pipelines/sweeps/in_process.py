@@ -1,0 +1,100 @@
+"""A trial trained inside its own Tune trial actor, with no Ray Train worker group: what makes a sweep on one
+machine cost what an in-process loop costs.
+
+A trial of trainer.num_workers <= 1 on a one-node cluster (or with tune.in_process=true; tuner.py decides) calls
+the driver's train() with num_workers=0 in the trial's process: the same nested MLflow child run, epochs,
+checkpoints (<output_dir>/checkpoints/<child run id>, on the driver's node, where every such trial runs) and test
+pass as `dlp train`. Each epoch reaches Tune from TuneReport once the epoch's checkpoints are written. When the
+scheduler stops the trial, Tune's answer to that report is SystemExit in the trial's thread, which TuneReport
+turns into errors.Stopped: the child run ends KILLED and the trial's thread exits as Tune expects.
+
+Tune reuses the trial actors (TuneConfig.reuse_actors), so each slot imports torch, Lightning and MLflow once, and
+the datamodule is built once per process for all trials whose data settings and seed match.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+from lightning.pytorch.callbacks import Checkpoint
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.errors import Stopped
+from pipelines.tracking import callbacks, names, runs
+
+_DATA: Dict[str, object] = {}     # this process's datamodule, by its data settings and seed
+
+
+def run(cfg: DictConfig, tags: Dict[str, str], continue_run: Optional[str]) -> None:
+    """Train one trial's (validated) config here; continue `continue_run` from its last checkpoint if it has one."""
+    from pipelines.training.driver import train
+
+    # a reused actor waits this long for a stopped trial's thread to unwind before it takes the next trial
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+    import ray
+
+    tags = {**tags, names.TRIAL_PROCESS: f"{ray.util.get_node_ip_address()}:{os.getpid()}"}
+    try:
+        train(cfg, run_tags=tags, continue_run=continue_run, fit_callbacks=[TuneReport()],
+              datamodule=datamodule(cfg))
+    except Stopped:
+        # how Tune's own stop ends a trial's thread: returning would make Tune's wrapper report once more, and
+        # that report would wait forever for a trial Tune has already let go
+        raise SystemExit(0) from None
+
+
+def prepare(cfg: DictConfig, continue_run: Optional[str], cpus: int) -> None:
+    """Make a trial's config one for this process (before it is validated): no workers, the trial's CPUs as torch
+    threads unless trainer.threads says otherwise, and resume from the continued run's last checkpoint."""
+    from pipelines.training.checkpoints import LAST
+    from pipelines.training.fit import checkpoint_dir
+
+    cfg.trainer.num_workers = 0
+    if cfg.trainer.threads == 0:
+        cfg.trainer.threads = max(1, int(cpus))
+    if continue_run is not None and (checkpoint_dir(cfg, continue_run) / LAST).is_file():
+        cfg.resume = str(checkpoint_dir(cfg, continue_run) / LAST)
+
+
+def datamodule(cfg: DictConfig):
+    """The datamodule of cfg.data and cfg.seed, built once per process (one kept: another setting replaces it)."""
+    import datamodules
+
+    key = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), int(cfg.seed)], sort_keys=True, default=str)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = datamodules.build(cfg.data, cfg.seed)
+    dm = _DATA[key]
+    dm.first_epoch = 0     # the driver sets it again when the trial resumes
+    return dm
+
+
+class TuneReport(Checkpoint):
+    """Each epoch's metrics to Tune, after that epoch's checkpoints: a Checkpoint subclass listed after fit()'s
+    own, which Lightning runs after them (and after the LightningModule's epoch end: metrics final)."""
+
+    def __init__(self):
+        import ray
+
+        self.clock = callbacks.EpochClock()
+        self.node = ray.util.get_node_ip_address()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.clock.epoch_started()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.clock.validation_started()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from ray import tune
+
+        epoch = trainer.current_epoch
+        metrics = {**runs.epoch_metrics(trainer.callback_metrics), **self.clock.times()}
+        try:
+            tune.report({**metrics, names.EPOCH_KEY: epoch, names.NODE_KEY: self.node})
+        except SystemExit:    # Tune's stop: see the module docstring
+            raise Stopped(f"trial stopped by the scheduler after epoch {epoch + 1}") from None
+
+    def state_dict(self) -> Dict:
+        return {}
