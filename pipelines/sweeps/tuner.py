@@ -196,6 +196,7 @@ def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -
     from pipelines.config.compose import validate
     from pipelines.training.driver import train
 
+    started = time.time()
     cfg = OmegaConf.create(base)
     values = decode(params, info["encoded"])
     for key, value in values.items():
@@ -204,7 +205,7 @@ def _trial(params: Dict[str, Any], base: Dict[str, Any], info: Dict[str, Any]) -
     cfg.mlflow.run_name = f"{info['sweep']}-{trial_id}"
     store.configure(cfg)
     tags = {names.PARENT_RUN: info["parent"], names.SWEEP_RUN: info["parent"], names.TRIAL_ID: trial_id,
-            names.TRIAL_PARAMS: json.dumps(values)}
+            names.TRIAL_PARAMS: json.dumps(values), names.TRIAL_STARTED: f"{started:.3f}"}
     continue_run = _trial_run(info["parent"], trial_id)
     if info["in_process"]:
         from pipelines.sweeps import in_process

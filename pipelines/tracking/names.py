@@ -59,6 +59,7 @@ SWEEP_RUN = "dlp.sweep_run_id"               # on a trial's run, and on the vers
 TRIAL_ID = "dlp.trial_id"
 TRIAL_STATUS = "dlp.trial_status"            # completed (N epochs) | stopped by <scheduler> after epoch k | errored
 TRIAL_PARAMS = "dlp.trial_params"
+TRIAL_STARTED = "dlp.trial_started"          # Unix time the trial's function started (before its run opened)
 TRIAL_PROCESS = "dlp.trial_process"          # <node>:<pid> of a trial trained in its Tune actor (reused by trials)
 STOPPED_AT_EPOCH = "dlp.stopped_at_epoch"
 

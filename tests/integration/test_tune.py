@@ -1,6 +1,6 @@
 """`dlp tune` on a real local Ray cluster and a real MLflow store: a 4-trial Optuna TPE + ASHA sweep of
-the digits CNN, 2 trials at a time on 2 CPUs, each trial trained in its own (reused) Tune actor — the default on
-one node — or, with tune.in_process=false, as a Ray Train run; every test holds for both."""
+the digits CNN on 2 CPUs: 2 trials at a time, each trained in its own (reused) Tune actor — what one worker per
+trial gets on one node — or one at a time, each a Ray Train run of 2 workers; every test holds for both."""
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -16,7 +16,7 @@ SWEEP = ["tune", "experiment=digits_cnn", "tune=digits_asha", "trainer.limit_tra
 @pytest.fixture(scope="module", params=["in_process", "workers"])
 def sweep(ray_cluster, tmp_path_factory, request):
     """The sweep, run once per trial mode through the CLI entry point: (store URI, parent run, console output)."""
-    mode = [] if request.param == "in_process" else ["tune.in_process=false"]
+    mode = [] if request.param == "in_process" else ["trainer.num_workers=2", "tune.max_concurrent_trials=1"]
     uri, code, out = dlp_in_new_store(tmp_path_factory.mktemp("sweep"), *SWEEP, *mode)
     assert code == 0, out
     parents = [r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags]
@@ -48,9 +48,9 @@ def test_every_trial_is_a_nested_run_with_its_final_status(sweep):
         else:
             assert status == "KILLED" and tag == f"stopped by asha after epoch {len(steps)}" and len(steps) < 4
         in_process = parent.data.params["tune.trials_in_process"] == "True"
-        # in its Tune actor (no workers), or a Ray Train run of one worker
-        assert child.data.params["trainer.num_workers"] == ("0" if in_process else "1")
-        assert child.data.tags.get("dlp.world_size", "1") == "1"       # set by Ray Train runs
+        # in its Tune actor (no workers), or a Ray Train run of two
+        assert child.data.params["trainer.num_workers"] == ("0" if in_process else "2")
+        assert child.data.tags.get("dlp.world_size") == (None if in_process else "2")
     assert "KILLED" in statuses, "ASHA stopped no trial"
     assert "FINISHED" in statuses
     assert "RUNNING" not in statuses
@@ -86,7 +86,7 @@ def test_the_sweep_run_records_space_budget_and_best(sweep):
     client = MlflowClient(uri)
     p = parent.data.params
     assert (p["tune.search"], p["tune.scheduler"], p["tune.num_samples"], p["tune.max_concurrent_trials"]) == \
-        ("optuna", "asha", "4", "2")
+        ("optuna", "asha", "4", "2" if p["tune.trials_in_process"] == "True" else "1")
     assert p["space.optim.lr"] == '{"loguniform": [0.0001, 0.03]}'
     completed = [c for c in _children(uri, parent) if c.info.status == "FINISHED"]
     best_child = max(completed, key=lambda c: max(m.value for m in client.get_metric_history(c.info.run_id, "val/acc")))
