@@ -129,6 +129,7 @@ def _blocked_env(tmp_path: Path) -> dict:
 
 
 # ~20 s (three cases and the DDP subprocess): in the default run, as the guard of the GPU machine's imports
+@pytest.mark.slow   # 25 s
 def test_gpu_check_needs_no_package_the_gpu_machine_lacks(tmp_path):
     env = _blocked_env(tmp_path)
     for name in ("mlflow", "ray"):   # the blocker is active, here and in child processes

@@ -65,13 +65,15 @@ def test_each_precision_trains_digits(store, capsys, precision):
     assert run.data.metrics["test/acc"] >= 0.97, run.data.metrics
 
 
+@pytest.mark.slow   # 15 s
 def test_sixteen_mixed_on_cpu_trains_as_bf16(store, capsys):
     proc = dlp_in_process(capsys, "train", *DIGITS, "trainer.precision=16-mixed", "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr
     assert "bf16-mixed" in proc.stderr     # Lightning says fp16 AMP is GPU-only and what it uses instead
 
 
-@pytest.mark.parametrize("first,then", [("32-true", "bf16-mixed"), ("bf16-true", "32-true")])
+@pytest.mark.parametrize("first,then", [("32-true", "bf16-mixed"),
+                                        pytest.param("bf16-true", "32-true", marks=pytest.mark.slow)])
 def test_checkpoint_resumes_under_another_precision(store, capsys, first, then):
     """A checkpoint written under one precision resumes under another: the epochs continue, nothing repeats."""
     client = MlflowClient(store)
@@ -116,6 +118,7 @@ def test_compiled_run_logs_a_model_that_predicts(store, tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "preds.csv")) == 20
 
 
+@pytest.mark.slow   # 16 s
 def test_compile_without_a_backend_warns_once_and_trains_eagerly(store, tmp_path):
     """No C++ compiler (CXX names none): one warning line, eager training, a finished run."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "CXX": "/nonexistent/c++"}

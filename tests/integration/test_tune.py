@@ -153,3 +153,19 @@ def test_a_sweep_too_big_for_the_cluster_is_refused_at_the_cli(ray_cluster, tmp_
     assert "tune.max_concurrent_trials=1" in line and "Traceback" not in err
     client = MlflowClient(uri)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.slow   # half a minute: make test-slow, CI
+def test_the_documented_twelve_trial_sweep_runs_in_process_one_trial_per_cpu(ray_cluster, tmp_path):
+    """The README's `dlp tune experiment=digits_cnn tune=digits_space`, verbatim (benchmarks/tune_speed.py times
+    it): 12 trials in process, as many at once as the cluster has CPUs, and a best trial of the grid's quality."""
+    import ray
+
+    uri, code, out = dlp_in_new_store(tmp_path, "tune", "experiment=digits_cnn", "tune=digits_space")
+    assert code == 0, out
+    (parent,) = [r for r in runs_with_status(uri, "FINISHED") if "dlp.sweep" in r.data.tags]
+    p, m = parent.data.params, parent.data.metrics
+    assert p["tune.trials_in_process"] == "True"
+    assert p["tune.max_concurrent_trials"] == str(int(ray.cluster_resources()["CPU"]))
+    assert m["trials/completed"] + m["trials/stopped"] == 12 and m["trials/errored"] == 0
+    assert m["best/val/acc"] >= 0.98, m
