@@ -1,9 +1,10 @@
 """Where a sweep's trials run, what each one reserves, and how many run at once.
 
 In process (sweeps/in_process.py; trainer.num_workers <= 1, on a one-node cluster unless tune.in_process says
-otherwise): a trial holds its one worker's resources itself (trainer.resources_per_worker, 1 CPU by default, and
-a GPU with trainer.use_gpu) on the driver's node, where its checkpoints and a local tracking store live; by
-default as many trials run at once as that node has room for.
+otherwise; a head node without CPUs still makes a cluster of several): a trial holds its one worker's resources
+itself (trainer.resources_per_worker, 1 CPU by default, and a GPU with trainer.use_gpu) on the driver's node,
+where its checkpoints and a local tracking store live; by default as many trials run at once as that node has
+room for.
 
 With a worker group (Ray Train): the trial's driver only waits on its workers, so it reserves a little logical
 memory and no CPU — on a 2-CPU machine two trial drivers holding a CPU each would leave their workers none
@@ -37,7 +38,7 @@ def plan(sweep) -> Slots:
     from pipelines.cluster import nodes
 
     cfg, spec = sweep.cfg, sweep.spec
-    alive, ip = nodes.alive_nodes(), nodes.driver_node_ip()
+    alive, ip = [n for n in ray.nodes() if n.get("Alive")], nodes.driver_node_ip()   # a CPU-less head counts
     inside = cfg.trainer.num_workers <= 1 and (len(alive) == 1 if spec.in_process is None else bool(spec.in_process))
     own = {"memory": spec.trial_memory_mb * MB, f"node:{ip}": 0.001}    # a tiny share: any number of them fits
     if inside:

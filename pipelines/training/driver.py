@@ -36,8 +36,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
     picks up a trial's earlier run (and, through Ray's storage named by it, its checkpoints), and `ray_callbacks`
     (Tune's report callback) join Ray Train's run config. `cluster`: the RayCluster the command started for a
     distributed run; `process_started`: the command process's start (Unix time), for the launch-phase metrics.
-    In this process (num_workers=0), `fit_callbacks` join fit()'s Lightning callbacks (an in-process trial's
-    report to Tune) and `datamodule` is the data already built (a trial reuses its process's).
+    In this process (num_workers=0), `fit_callbacks` join fit()'s (a trial's report to Tune); `datamodule`: built.
     """
     import mlflow
 
