@@ -45,12 +45,15 @@ def run(cfg: DictConfig, tags: Dict[str, str], continue_run: Optional[str]) -> N
 
 
 def prepare(cfg: DictConfig, continue_run: Optional[str], cpus: int) -> None:
-    """Make a trial's config one for this process (before it is validated): no workers, the trial's CPUs as torch
-    threads unless trainer.threads says otherwise, and resume from the continued run's last checkpoint."""
+    """Make a trial's config one for this process (before it is validated): no workers, its one device as a Ray
+    Train worker's would be (a GPU with trainer.use_gpu — Ray makes only the trial's own visible — else the CPU),
+    the trial's CPUs as torch threads unless trainer.threads says otherwise, and resume from the continued run's
+    last checkpoint."""
     from pipelines.training.checkpoints import LAST
     from pipelines.training.fit import checkpoint_dir
 
     cfg.trainer.num_workers = 0
+    cfg.trainer.accelerator, cfg.trainer.devices = ("gpu" if cfg.trainer.use_gpu else "cpu"), 1
     if cfg.trainer.threads == 0:
         cfg.trainer.threads = max(1, int(cpus))
     if continue_run is not None and (checkpoint_dir(cfg, continue_run) / LAST).is_file():

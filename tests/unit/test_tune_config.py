@@ -136,6 +136,7 @@ def test_an_in_process_trial_reuses_its_processs_data_and_resumes_its_own_checkp
     trial = OmegaConf.create(OmegaConf.to_container(compose(["experiment=digits_cnn", f"output_dir={tmp_path}"])))
     in_process.prepare(trial, continue_run=None, cpus=3)
     assert (trial.trainer.num_workers, trial.trainer.threads, trial.resume) == (0, 3, None)
+    assert (trial.trainer.accelerator, trial.trainer.devices) == ("cpu", 1)     # a GPU only with trainer.use_gpu
     last = tmp_path / "checkpoints" / "abc" / "last.ckpt"
     in_process.prepare(trial, continue_run="abc", cpus=1)
     assert trial.resume is None                        # no checkpoint yet: the run starts its first epoch
