@@ -8,7 +8,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional
 
 import lightning as L
 import numpy as np
@@ -210,6 +210,11 @@ class BaseDataModule(L.LightningDataModule):
         sizes = {f"n_{s}": int(len(self._tensors[s][1])) for s in SPLITS}
         return {"source": self.source, **sizes, "hash": self._hash}
 
+    def split_digests(self) -> Dict[str, str]:
+        """{split: sha256 of its raw rows and labels}: what MLflow shows as each dataset's digest."""
+        self.setup()
+        return split_digests(self._raw)
+
     def raw_frame(self, split: str) -> tuple:
         """Raw (un-preprocessed) input rows of a split, columns spec.feature_names, and raw labels."""
         self.setup()
@@ -231,15 +236,28 @@ class BaseDataModule(L.LightningDataModule):
 def _hash_splits(raw: dict) -> str:
     h = hashlib.sha256()
     for split in SPLITS:
-        rows, labels = raw[split]
-        h.update(split.encode())
-        for part in (rows, labels):
-            if isinstance(part, pd.DataFrame):
-                h.update("\x1f".join(map(str, part.columns)).encode())
-                h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
-            elif isinstance(part, np.ndarray) and part.dtype != object:
-                h.update(str((part.shape, part.dtype.str)).encode())
-                h.update(np.ascontiguousarray(part).tobytes())
-            else:
-                h.update(pd.util.hash_pandas_object(pd.Series(part), index=False).to_numpy().tobytes())
+        _hash_split(h, split, *raw[split])
     return h.hexdigest()
+
+
+def split_digests(raw: dict) -> Dict[str, str]:
+    """Each split's own sha256 (hex), as _hash_splits hashes it."""
+    out = {}
+    for split in SPLITS:
+        h = hashlib.sha256()
+        _hash_split(h, split, *raw[split])
+        out[split] = h.hexdigest()
+    return out
+
+
+def _hash_split(h, split: str, rows, labels) -> None:
+    h.update(split.encode())
+    for part in (rows, labels):
+        if isinstance(part, pd.DataFrame):
+            h.update("\x1f".join(map(str, part.columns)).encode())
+            h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+        elif isinstance(part, np.ndarray) and part.dtype != object:
+            h.update(str((part.shape, part.dtype.str)).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(pd.util.hash_pandas_object(pd.Series(part), index=False).to_numpy().tobytes())

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from pipelines.cluster import local
 from pipelines.errors import UserError
-from pipelines.tracking import artifacts, console, names, runs, store, system_metrics
+from pipelines.tracking import artifacts, console, datasets, names, runs, store, system_metrics
 from pipelines.training import checks, outputs, ray_driver
 from pipelines.training.fit import FitResult, fit
 
@@ -99,6 +99,7 @@ def _log_run_inputs(cfg: DictConfig, dm) -> None:
     mlflow.log_text(to_yaml(cfg), names.CONFIG)
     fp = dm.fingerprint()
     mlflow.log_dict(fp, names.FINGERPRINT)
+    datasets.log_datasets(dm, cfg.name)
     tags = {names.EXPERIMENT: cfg.name, names.TASK: dm.spec.task, names.MODEL: cfg.model.name,
             names.MONITOR: names.monitor_tag(cfg.monitor.metric, cfg.monitor.mode), **names.data_tags(fp),
             **dict(cfg.tags)}
