@@ -142,13 +142,18 @@ def test_resume_auto_continues_the_run_after_the_driver_stopped(long_uninterrupt
     driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *LONG_JOB], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(store)
-    deadline = time.time() + 120
+    deadline, epochs = time.time() + 120, []
     while time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
         runs = runs_with_status(store, "RUNNING")
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 2:
+        epochs = client.get_metric_history(runs[0].info.run_id, "train/loss") if runs else []
+        if len(epochs) >= 2:
             break
-    time.sleep(random.uniform(0.0, 2.0))
+    # a random point within the third epoch: a fixed 0-2 s could outlast the 6 epochs left on a fast machine
+    stamps = sorted(m.timestamp for m in epochs)
+    epoch_seconds = (stamps[-1] - stamps[0]) / 1000 / max(1, len(stamps) - 1) if len(stamps) >= 2 else 0.5
+    time.sleep(random.uniform(0.0, min(2.0, epoch_seconds)))
+    assert driver.poll() is None, "the job ended before the test could stop it"
     os.kill(driver.pid, getattr(signal, sig))
     _, err = driver.communicate(timeout=120)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
