@@ -66,4 +66,6 @@ def test_a_server_with_auth_logs_a_run_and_stops_on_sigterm(tmp_path):
     leftover = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
     assert leftover == []                                   # MLflow's server and its workers are gone
     with socket.socket() as s:
+        # SO_REUSEADDR, as a server sets it: closed connections may linger in TIME_WAIT, a listener may not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))                        # and the port is free again
