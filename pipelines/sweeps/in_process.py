@@ -17,23 +17,22 @@ import json
 import os
 from typing import Dict, Optional
 
-from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.errors import Stopped
-from pipelines.tracking import callbacks, names, runs
+from pipelines.tracking import callbacks, names
 
 _DATA: Dict[str, object] = {}     # this process's datamodule, by its data settings and seed
 
 
 def run(cfg: DictConfig, tags: Dict[str, str], continue_run: Optional[str]) -> None:
     """Train one trial's (validated) config here; continue `continue_run` from its last checkpoint if it has one."""
+    import ray
+
     from pipelines.training.driver import train
 
     # a reused actor waits this long for a stopped trial's thread to unwind before it takes the next trial
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
-    import ray
-
     tags = {**tags, names.TRIAL_PROCESS: f"{ray.util.get_node_ip_address()}:{os.getpid()}"}
     try:
         train(cfg, run_tags=tags, continue_run=continue_run, fit_callbacks=[TuneReport()],
@@ -56,8 +55,9 @@ def prepare(cfg: DictConfig, continue_run: Optional[str], cpus: int) -> None:
     cfg.trainer.accelerator, cfg.trainer.devices = ("gpu" if cfg.trainer.use_gpu else "cpu"), 1
     if cfg.trainer.threads == 0:
         cfg.trainer.threads = max(1, int(cpus))
-    if continue_run is not None and (checkpoint_dir(cfg, continue_run) / LAST).is_file():
-        cfg.resume = str(checkpoint_dir(cfg, continue_run) / LAST)
+    last = checkpoint_dir(cfg, continue_run) / LAST if continue_run is not None else None
+    if last is not None and last.is_file():
+        cfg.resume = str(last)
 
 
 def datamodule(cfg: DictConfig):
@@ -73,31 +73,18 @@ def datamodule(cfg: DictConfig):
     return dm
 
 
-class TuneReport(Checkpoint):
-    """Each epoch's metrics to Tune, after that epoch's checkpoints: a Checkpoint subclass listed after fit()'s
-    own, which Lightning runs after them (and after the LightningModule's epoch end: metrics final)."""
+class TuneReport(callbacks.EpochReport):
+    """Each epoch's report to Tune, after that epoch's checkpoints (listed after fit()'s own)."""
 
     def __init__(self):
         import ray
 
-        self.clock = callbacks.EpochClock()
-        self.node = ray.util.get_node_ip_address()
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.clock.epoch_started()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.clock.validation_started()
+        super().__init__(ray.util.get_node_ip_address())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         from ray import tune
 
-        epoch = trainer.current_epoch
-        metrics = {**runs.epoch_metrics(trainer.callback_metrics), **self.clock.times()}
         try:
-            tune.report({**metrics, names.EPOCH_KEY: epoch, names.NODE_KEY: self.node})
+            tune.report(self.measured(trainer)[1])
         except SystemExit:    # Tune's stop: see the module docstring
-            raise Stopped(f"trial stopped by the scheduler after epoch {epoch + 1}") from None
-
-    def state_dict(self) -> Dict:
-        return {}
+            raise Stopped(f"trial stopped by the scheduler after epoch {trainer.current_epoch + 1}") from None

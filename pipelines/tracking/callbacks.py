@@ -52,6 +52,31 @@ class EpochClock:
         return out
 
 
+class EpochReport(Checkpoint):
+    """Base of the callbacks that hand every finished epoch to Ray — RayReport in a Ray Train worker, TuneReport
+    in a trial trained in its Tune actor: times the epoch and builds its report, which names `node` (this node's
+    Ray address). A Checkpoint subclass, so Lightning runs it after the LightningModule's on_train_epoch_end
+    (metrics final) and after checkpoint callbacks listed before it."""
+
+    def __init__(self, node: str):
+        self.clock = EpochClock()
+        self.node = node
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.clock.epoch_started()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.clock.validation_started()
+
+    def measured(self, trainer) -> tuple:
+        """(the epoch's train/, val/ and perf/ time metrics; those with the epoch number and this node: the report)."""
+        metrics = {**runs.epoch_metrics(trainer.callback_metrics), **self.clock.times()}
+        return metrics, {**metrics, names.EPOCH_KEY: trainer.current_epoch, names.NODE_KEY: self.node}
+
+    def state_dict(self) -> Dict:
+        return {}
+
+
 class MLflowEpochLogger(EpochEnd):
     """Logs every train/ and val/ metric once per epoch (step = epoch) from rank 0, by run id.
 

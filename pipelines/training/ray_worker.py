@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.tracking import callbacks, console, names, runs, system_metrics
+from pipelines.tracking import callbacks, console, system_metrics
 from pipelines.training.fit import fit
 from pipelines.training.ray_tracking import EPOCH_FILE
 
@@ -142,27 +142,19 @@ def _datamodule(cfg: DictConfig, next_epoch: int):
     return dm
 
 
-class RayReport(Checkpoint):
+class RayReport(callbacks.EpochReport):
     """fit()'s checkpoint callback in a worker: every epoch goes to Ray Train with rank 0's Lightning checkpoint,
     and after fit the best of Ray's checkpoints is the one every rank tests.
 
-    A Checkpoint subclass so Lightning runs it after the LightningModule's on_train_epoch_end (metrics final).
     Rank 0 waits for Ray to commit each checkpoint, so the best one is known to Ray when training ends.
     """
 
     def __init__(self, staging: Path, rank: int, monitor: str, mode: str):
-        self.staging, self.rank, self.monitor, self.mode = staging, rank, monitor, mode
-        self.clock = callbacks.EpochClock()
-        self._best: Optional[tuple] = None
         import ray
 
-        self.node = ray.util.get_node_ip_address()
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.clock.epoch_started()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.clock.validation_started()
+        super().__init__(ray.util.get_node_ip_address())
+        self.staging, self.rank, self.monitor, self.mode = staging, rank, monitor, mode
+        self._best: Optional[tuple] = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         import ray.train
@@ -170,7 +162,7 @@ class RayReport(Checkpoint):
         from ray.train import CheckpointConsistencyMode
 
         epoch = trainer.current_epoch
-        metrics = {**runs.epoch_metrics(trainer.callback_metrics), **self.clock.times()}
+        metrics, report = self.measured(trainer)
         directory = self.staging / f"epoch={epoch:04d}-rank{self.rank}"
         if self.rank == 0:
             shutil.rmtree(directory, ignore_errors=True)
@@ -178,8 +170,7 @@ class RayReport(Checkpoint):
             (directory / EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
         trainer.save_checkpoint(str(directory / CKPT_FILE))  # collective: every rank calls it, rank 0 writes
         checkpoint = RayCheckpoint.from_directory(str(directory)) if self.rank == 0 else None
-        ray.train.report({**metrics, names.EPOCH_KEY: epoch, names.NODE_KEY: self.node}, checkpoint=checkpoint,
-                         delete_local_checkpoint_after_upload=self.rank == 0)
+        ray.train.report(report, checkpoint=checkpoint, delete_local_checkpoint_after_upload=self.rank == 0)
         if self.rank == 0:
             ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
@@ -212,9 +203,6 @@ class RayReport(Checkpoint):
                 path = Path(ckpt.to_directory(str(self.staging / f"best-rank{self.rank}"))) / CKPT_FILE
             self._best = (str(path), float(best.metrics[self.monitor]))
         return self._best
-
-    def state_dict(self) -> Dict:
-        return {}
 class FaultHook(Checkpoint):
     """Test hook (DLP_FAULT="rank=R,epoch=E"): worker R exits hard in epoch E, once per run."""
 
