@@ -118,6 +118,7 @@ class BaseDataModule(L.LightningDataModule):
         self._tensors: dict = {}
         self._sample_weights: Optional[torch.Tensor] = None
         self._hash: Optional[str] = None
+        self._split_hashes: Dict[str, str] = {}
         # the epoch the training loader's shuffle count starts at: a resumed run sets it to the next epoch, so
         # the order continues as the uninterrupted run's (Lightning makes the first iterator before any hook runs)
         self.first_epoch = 0
@@ -136,7 +137,7 @@ class BaseDataModule(L.LightningDataModule):
             return
         self._load()
         self._balance()
-        self._hash = _hash_splits(self._raw)
+        self._hash, self._split_hashes = _hash_splits(self._raw)
         # the logged model needs these to turn network outputs into labels or raw-unit values
         self.prep.update(task=self.spec.task, class_names=list(self.spec.class_names),
                          target_scale=self.spec.target_scale)
@@ -213,7 +214,7 @@ class BaseDataModule(L.LightningDataModule):
     def split_digests(self) -> Dict[str, str]:
         """{split: sha256 of its raw rows and labels}: what MLflow shows as each dataset's digest."""
         self.setup()
-        return split_digests(self._raw)
+        return dict(self._split_hashes)
 
     def raw_frame(self, split: str) -> tuple:
         """Raw (un-preprocessed) input rows of a split, columns spec.feature_names, and raw labels."""
@@ -233,31 +234,28 @@ class BaseDataModule(L.LightningDataModule):
         return preprocess.transform(df, self.prep)
 
 
-def _hash_splits(raw: dict) -> str:
-    h = hashlib.sha256()
+def _hash_splits(raw: dict) -> tuple:
+    """(sha256 over every split, {split: its own sha256}), from one serialisation of the raw splits."""
+    whole, each = hashlib.sha256(), {}
     for split in SPLITS:
-        _hash_split(h, split, *raw[split])
-    return h.hexdigest()
+        own = hashlib.sha256()
+        _hash_split((whole, own), split, *raw[split])
+        each[split] = own.hexdigest()
+    return whole.hexdigest(), each
 
 
-def split_digests(raw: dict) -> Dict[str, str]:
-    """Each split's own sha256 (hex), as _hash_splits hashes it."""
-    out = {}
-    for split in SPLITS:
-        h = hashlib.sha256()
-        _hash_split(h, split, *raw[split])
-        out[split] = h.hexdigest()
-    return out
+def _hash_split(hashes: tuple, split: str, rows, labels) -> None:
+    def update(data: bytes) -> None:
+        for h in hashes:
+            h.update(data)
 
-
-def _hash_split(h, split: str, rows, labels) -> None:
-    h.update(split.encode())
+    update(split.encode())
     for part in (rows, labels):
         if isinstance(part, pd.DataFrame):
-            h.update("\x1f".join(map(str, part.columns)).encode())
-            h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+            update("\x1f".join(map(str, part.columns)).encode())
+            update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
         elif isinstance(part, np.ndarray) and part.dtype != object:
-            h.update(str((part.shape, part.dtype.str)).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+            update(str((part.shape, part.dtype.str)).encode())
+            update(np.ascontiguousarray(part).tobytes())
         else:
-            h.update(pd.util.hash_pandas_object(pd.Series(part), index=False).to_numpy().tobytes())
+            update(pd.util.hash_pandas_object(pd.Series(part), index=False).to_numpy().tobytes())

@@ -12,13 +12,13 @@ from typing import Dict
 CONTEXTS: Dict[str, str] = {"train": "training", "val": "validation", "test": "test"}
 
 
-def log_datasets(dm, name: str) -> None:
-    """Log `dm`'s splits to the active run as inputs named <name>-<split>."""
+def log_datasets(dm, name: str, fp: Dict) -> None:
+    """Log `dm`'s splits (its fingerprint `fp`) to the active run as inputs named <name>-<split>."""
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    fp, digests = dm.fingerprint(), dm.split_digests()
+    digests = dm.split_digests()
     source = CodeDatasetSource(tags={"dlp.source": str(fp.get("source") or "unknown")})
     schema = _schema(dm)
     for split, context in CONTEXTS.items():

@@ -99,7 +99,7 @@ def _log_run_inputs(cfg: DictConfig, dm) -> None:
     mlflow.log_text(to_yaml(cfg), names.CONFIG)
     fp = dm.fingerprint()
     mlflow.log_dict(fp, names.FINGERPRINT)
-    datasets.log_datasets(dm, cfg.name)
+    datasets.log_datasets(dm, cfg.name, fp)
     tags = {names.EXPERIMENT: cfg.name, names.TASK: dm.spec.task, names.MODEL: cfg.model.name,
             names.MONITOR: names.monitor_tag(cfg.monitor.metric, cfg.monitor.mode), **names.data_tags(fp),
             **dict(cfg.tags)}
