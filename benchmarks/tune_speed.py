@@ -108,7 +108,9 @@ def loop(overrides: list[str]) -> dict:
         values = {k: trial.suggest_categorical(k, [json.dumps(v) for v in choices]) for k, choices in space.items()}
         cfg = compose([*base, *(f"{k}={v}" for k, v in values.items())])
         key = json.dumps(OmegaConf.to_container(cfg.data), sort_keys=True)
-        dm = data.setdefault(key, datamodules.build(cfg.data, cfg.seed))
+        if key not in data:                          # built once per data setting, as dlp tune's trials do
+            data[key] = datamodules.build(cfg.data, cfg.seed)
+        dm = data[key]
         prune = Prune(trial)
         result = fit(cfg, None, datamodule=dm, extra_callbacks=[prune])
         trials.append({"wall": time.perf_counter() - start, "training": result.fit_seconds,
