@@ -4,16 +4,34 @@ pipelines.training's fit() calls build(), then setup(), and hands `dm.spec` to m
 """
 from __future__ import annotations
 
-from .base import BaseDataModule, BatchLoader, DataSpec
+from typing import TYPE_CHECKING
+
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .base import BaseDataModule
 
 __all__ = ["build", "BaseDataModule", "BatchLoader", "DataError", "DataSpec"]
 
 
-def build(data_cfg, seed: int) -> BaseDataModule:
+def __getattr__(name: str):
+    # base.py imports Lightning (~3 s): loaded on first use, so the Ray Data tasks that read a streamed table
+    # (streamed.py: pyarrow, pandas, numpy) import none of it
+    if name in ("BaseDataModule", "BatchLoader", "DataSpec"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+
+
+def build(data_cfg, seed: int) -> "BaseDataModule":
     """The datamodule for `data_cfg.kind` (tabular, image, text, timeseries); nothing is loaded until setup()."""
     kind = data_cfg.kind
     if kind == "tabular":
+        if streams(data_cfg):
+            from .stream_table import StreamingTableDataModule
+
+            return StreamingTableDataModule(data_cfg, seed)
         from .tabular import TabularDataModule
 
         return TabularDataModule(data_cfg, seed)
@@ -30,3 +48,28 @@ def build(data_cfg, seed: int) -> BaseDataModule:
 
         return TimeSeriesDataModule(data_cfg, seed)
     raise DataError(f"data.kind: unknown '{kind}'; choose tabular, image, text or timeseries")
+
+
+def streams(data_cfg) -> bool:
+    """Whether a table is read block by block (data.streaming; auto: a folder, an s3:// prefix, or a file larger
+    than data.stream_above of this machine's memory)."""
+    import os
+
+    value = data_cfg.get("streaming", False)
+    if value not in ("auto", True, False):
+        raise DataError(f"data.streaming: unknown {value!r}; choose auto, true or false")
+    if data_cfg.get("source") not in ("csv", "parquet"):
+        if value is True:
+            raise DataError(f"data.streaming: true needs data.source=csv or parquet, not {data_cfg.get('source')}")
+        return False
+    if value != "auto":
+        return value
+    path = str(data_cfg.get("path") or "")
+    if "://" in path or os.path.isdir(os.path.expanduser(path)):
+        return True
+    try:
+        size = os.path.getsize(os.path.expanduser(path))
+    except OSError:
+        return False   # the in-memory reader names the problem
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return size > float(data_cfg.get("stream_above", 0.25)) * memory

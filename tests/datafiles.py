@@ -52,3 +52,37 @@ def write_table(tmp_path, df, name="data.csv"):
     path = tmp_path / name
     df.to_parquet(path) if name.endswith(".parquet") else df.to_csv(path, index=False)
     return str(path)
+
+
+def synthetic_table(n, n_features=8, seed=0, classes=3):
+    """A learnable table: numeric columns f0.., a categorical 'colour', and a class 'label' from a linear rule."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, n_features)).astype(np.float32)
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    score = x[:, 0] + 0.5 * x[:, 1] - 0.5 * x[:, 2] + (colour == "red") * 0.8
+    edges = np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1])
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(n_features)])
+    df["colour"] = colour
+    df["label"] = np.searchsorted(edges, score)
+    return df
+
+
+def write_shards(root, df, shards=4, fmt="parquet", row_group_size=None):
+    """`df` as `shards` files part-00000.<fmt>, ... under root (made); returns root as str."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), shards)):
+        piece = df.iloc[part]
+        path = root / f"part-{i:05d}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pandas(piece, preserve_index=False), path,
+                           row_group_size=row_group_size or len(piece))
+        else:
+            piece.to_csv(path, index=False)
+    return str(root)

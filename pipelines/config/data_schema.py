@@ -27,6 +27,12 @@ class TabularDataConfig:
     batch_size: int = 64              # global batch size
     on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     max_classes: int = 50             # an integer target with more distinct values is regression under task=auto
+    # larger than memory (csv/parquet): read block by block, never whole (auto: a folder of shards, an s3:// prefix,
+    # or a file over stream_above of this machine's memory)
+    streaming: Any = "auto"           # auto | true | false
+    stream_above: float = 0.25
+    shuffle_buffer: int = 10000       # streamed: rows mixed at random per epoch (blocks come in a seeded order)
+    on_error: str = "error"           # streamed: a file that cannot be read, or has another schema: error | skip
 
 
 @dataclass

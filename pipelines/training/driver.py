@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_tags: Optional[Dict[str, str]] = None, continue_r
             with system_metrics.monitoring(cfg, run_id, uri):   # this node's; Ray workers monitor theirs
                 if cfg.trainer.num_workers >= 1:
                     result = ray_driver.run(cfg, run_id, uri, ckpt_path=ckpt_path, callbacks=ray_callbacks,
-                                            cluster=cluster, process_started=process_started)
+                                            cluster=cluster, process_started=process_started, datamodule=dm)
                 else:
                     result = fit(cfg, run_id, datamodule=dm, ckpt_path=ckpt_path, uri=uri,
                                  extra_callbacks=fit_callbacks)

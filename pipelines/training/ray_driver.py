@@ -4,9 +4,8 @@ or NCCL), through a TorchTrainer whose workers run ray_worker.train_worker.
 The driver joins the cluster in $RAY_ADDRESS or starts a local one (pipelines/cluster/local.py) and checks,
 before its MLflow run exists, that every node reaches trainer.storage_path (pipelines/cluster/nodes.py). It runs
 the TorchTrainer with ray_tracking.MLflowReport, which writes each epoch into the run from Ray's controller on
-this node, logs the test metrics the workers return, and hands back a FitResult whose best checkpoint is a
-local copy of Ray's best (removed by `clean_up` once the model is logged). With ray_worker.py and ray_tracking.py,
-the only place that imports `ray.train`."""
+this node, logs the test metrics the workers return, and hands back a FitResult whose best checkpoint is a local
+copy of Ray's best (removed by `clean_up` once the model is logged). Only here and in ray_*.py is `ray.train`."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 from pipelines import signals
 from pipelines.errors import UserError, first_line
 from pipelines.tracking import names, store
-from pipelines.training import ray_tracking, ray_worker
+from pipelines.training import ray_data, ray_tracking, ray_worker
 from pipelines.training.fit import FitResult
 
 log = logging.getLogger("dlp")
@@ -117,7 +116,7 @@ def clean_up(cfg: DictConfig, *run_ids: str, storage: Optional[str] = None) -> N
 
 
 def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None, callbacks: Sequence = (),
-        cluster=None, process_started: Optional[float] = None) -> FitResult:
+        cluster=None, process_started: Optional[float] = None, datamodule=None) -> FitResult:
     """Train `cfg` in cfg.trainer.num_workers Ray Train workers; the driver's MLflow run `run_id` gets the epochs.
 
     Args:
@@ -126,8 +125,8 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
         cluster: the command's RayCluster (stopped here in the background, while the driver logs its outputs);
             None: one is joined or started here and stopped before returning.
         process_started: the command process's start (Unix time), for the perf/launch/to_ray_fit_seconds metric.
-    Returns:
-        FitResult with a local path to the best checkpoint.
+        datamodule: the driver's, set up; a streamed one becomes Ray Data datasets split across the workers.
+    Returns: FitResult with a local path to the best checkpoint.
     """
     import mlflow
 
@@ -144,7 +143,7 @@ def run(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str] = None,
         ray_tracking.catch_up(storage_path(cfg), run_id)    # a continued run: an epoch its last process missed
         start_from = _stage_in(ckpt_path, storage_path(cfg), run_id) if ckpt_path else None
         fit_called = time.time()
-        result, wall = _fit_on_ray(cfg, run_id, uri, start_from, callbacks)
+        result, wall = _fit_on_ray(cfg, run_id, uri, start_from, callbacks, datamodule)
     finally:
         cluster.stop(background=not own)
     out = result.return_value or {}
@@ -199,13 +198,14 @@ def _stage_in(ckpt_path: str, storage: str, run_id: str) -> str:
     return dest if "://" not in storage else f"{storage.split('://', 1)[0]}://{dest}"
 
 
-def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], callbacks: Sequence):
+def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str], callbacks: Sequence, dm=None):
     from ray.train import TrainingFailedError
 
     config = {"cfg": worker_config(cfg), "run_id": run_id, "ckpt_path": ckpt_path, "fault": os.environ.get("DLP_FAULT"),
               "storage": storage_path(cfg), **ray_worker.monitor_config(store.absolute_uri(uri))}
+    data = ray_data.trainer_kwargs(dm, config)   # a streamed table: Ray Data datasets, split across the workers
     callbacks = [ray_tracking.MLflowReport(run_id, store.absolute_uri(uri)), *callbacks]
-    trainer = _torch_trainer(cfg, config, run_id, callbacks)
+    trainer = _torch_trainer(cfg, config, run_id, callbacks, data)
     start = time.perf_counter()
     try:
         with signals.keeping_ctrl_c():   # TorchTrainer.fit installs its own Ctrl-C handler
@@ -221,13 +221,13 @@ def _fit_on_ray(cfg: DictConfig, run_id: str, uri: str, ckpt_path: Optional[str]
     return result, time.perf_counter() - start
 
 
-def _torch_trainer(cfg: DictConfig, config: Dict[str, Any], run_id: str, callbacks: Sequence):
+def _torch_trainer(cfg: DictConfig, config: Dict[str, Any], run_id: str, callbacks: Sequence, data: Dict[str, Any]):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.trainer
     return TorchTrainer(
-        ray_worker.train_worker, train_loop_config=config,
+        ray_worker.train_worker, train_loop_config=config, **data,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=dict(t.resources_per_worker) or {"CPU": 1},
                                      label_selector=_plain(t.label_selector)),

@@ -94,7 +94,7 @@ def train_worker(config: Dict[str, Any]):
     faults = [FaultHook(config["fault"], staging / "fault-fired")] if config.get("fault") and not checkpoint else []
 
     def go(ckpt_path: Optional[str], next_epoch: int = 0):
-        out = fit(cfg, None, datamodule=_datamodule(cfg, next_epoch), ckpt_path=ckpt_path,
+        out = fit(cfg, None, datamodule=_datamodule(cfg, next_epoch, config.get("stream")), ckpt_path=ckpt_path,
                   strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], checkpoint=report,
                   extra_callbacks=faults, prepare=prepare_trainer)
         return {"best_score": out.best_score, "test_metrics": out.test_metrics, "epochs": out.epochs,
@@ -131,13 +131,20 @@ def _fetch(uri: str, directory: Path) -> str:
     return str(local)
 
 
-def _datamodule(cfg: DictConfig, next_epoch: int):
+def _datamodule(cfg: DictConfig, next_epoch: int, stream: Optional[Dict[str, Any]] = None):
     """The data, set up, with the training loader's shuffle count starting at `next_epoch` (a restart shuffles
-    as the uninterrupted run would)."""
+    as the uninterrupted run would). A streamed table takes the driver's statistics and reads its Ray Data shards."""
     import datamodules
 
-    dm = datamodules.build(cfg.data, cfg.seed)
-    dm.setup("fit")  # before fit() seeds, as `dlp train` does in-process, so the model starts from the same weights
+    if stream is not None:
+        from datamodules.stream_table import StreamingTableDataModule
+        from pipelines.training import ray_data
+
+        dm = StreamingTableDataModule(cfg.data, cfg.seed)
+        ray_data.adopt(dm, stream)
+    else:
+        dm = datamodules.build(cfg.data, cfg.seed)
+        dm.setup("fit")  # before fit() seeds, as `dlp train` does in-process, so the model starts from the same weights
     dm.first_epoch = next_epoch
     return dm
 

@@ -1,0 +1,110 @@
+"""Streamed tables in a distributed run (data.streaming): Ray Data datasets over the table's blocks, split evenly
+across the Ray Train workers by Ray Train's DataConfig (`streaming_split(equal=True)`: every rank gets the same
+number of rows, so DDP never waits on a rank that ran out), read in Ray Data tasks by the datamodule's own
+BlockReader — the code the in-process loader reads with, so rows, splits and preprocessing are the same.
+
+On the driver: `datasets(dm)` and `data_config()` go into the TorchTrainer, `state(dm)` into the workers' config.
+In a worker: `adopt(dm, state)` gives the worker's datamodule the driver's statistics (no second pass over the
+data) and loaders over its shard of each split.
+
+Ordering: the training blocks come in one seeded order (Ray Data executes the same plan each epoch), read in
+order (preserve_order), and each rank mixes its rows in a local shuffle buffer seeded by (seed, epoch, rank).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict
+
+import numpy as np
+
+READERS = 2      # read tasks at once: without a CPU request nothing else bounds how many worker processes start
+DATA_CPUS = 0   # read tasks take no CPU of their own: on a node the training workers fill, a CPU request would never be met
+
+
+def trainer_kwargs(dm, config: Dict[str, Any]) -> Dict[str, Any]:
+    """TorchTrainer's datasets and dataset_config for a streamed datamodule `dm` (adding its state to the workers'
+    `config`); {} for an in-memory one."""
+    if not getattr(dm, "streams", False):
+        return {}
+    config["stream"] = state(dm)
+    return {"datasets": datasets(dm), "dataset_config": data_config()}
+
+
+def datasets(dm) -> Dict[str, Any]:
+    """{split: Ray Data dataset of {"x", "y"} rows} over the blocks of `dm` (a set-up streamed datamodule)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False      # one bar per operator, every second, on every rank
+    context.print_on_execution_start = False  # three lines per split per epoch
+    blocks = dm.reader.source.blocks
+    order = np.random.default_rng([dm.seed]).permutation(len(blocks))
+    out = {}
+    for split in ("train", "val", "test"):
+        items = [{"block": int(i)} for i in (order if split == "train" else range(len(blocks)))]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        out[split] = ds.map_batches(functools.partial(_read, reader=dm.reader, split=split), batch_size=1,
+                                    batch_format="numpy", num_cpus=DATA_CPUS, concurrency=READERS)
+    return out
+
+
+def _read(batch: Dict[str, np.ndarray], reader, split: str):
+    for i in batch["block"]:
+        for x, y in reader.read(reader.source.blocks[int(i)], split):
+            yield {"x": x, "y": y}
+
+
+def data_config():
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True))
+
+
+def state(dm) -> Dict[str, Any]:
+    """What a worker's datamodule needs of the driver's setup (statistics, spec, counts, fingerprint)."""
+    return {"reader": dm.reader, "spec": dm.spec, "prep": dm.prep, "counts": dm.counts, "source": dm.source,
+            "hash": dm._hash, "split_hashes": dm._split_hashes}
+
+
+def adopt(dm, shared: Dict[str, Any]) -> None:
+    """Set up a worker's streamed datamodule from the driver's `state`, its loaders reading this rank's shards."""
+    import ray.train
+
+    dm.reader, dm.spec, dm.prep, dm.counts, dm.source = (shared[k] for k in
+                                                         ("reader", "spec", "prep", "counts", "source"))
+    dm._hash, dm._split_hashes = shared["hash"], shared["split_hashes"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    def loaders(split: str, shuffle: bool):
+        return ShardLoader(ray.train.get_dataset_shard(split), max(1, dm.cfg.batch_size // world), shuffle,
+                           dm.cfg.shuffle_buffer, (dm.seed, rank), dm.first_epoch if shuffle else 0,
+                           dm.counts[split] // world)
+
+    dm.loaders = loaders
+
+
+class ShardLoader:
+    """(x, y) batches of this rank's shard of one split, per epoch."""
+
+    def __init__(self, shard, batch_size: int, shuffle: bool, buffer_rows: int, seed: tuple, first_epoch: int,
+                 rows: int):
+        self.shard, self.batch_size, self.shuffle, self.buffer_rows = shard, batch_size, shuffle, buffer_rows
+        self.seed, self.epoch, self.rows = seed, first_epoch, rows
+
+    def __len__(self) -> int:
+        from datamodules.stream_loader import batch_count
+
+        return batch_count(self.rows, self.batch_size, drop_single=self.shuffle)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        seed = int(np.random.default_rng([*self.seed, epoch]).integers(2 ** 31)) if self.shuffle else None
+        batches = self.shard.iter_torch_batches(batch_size=self.batch_size, prefetch_batches=2,
+                                                local_shuffle_buffer_size=self.buffer_rows if self.shuffle else None,
+                                                local_shuffle_seed=seed)
+        for batch in batches:
+            if self.shuffle and len(batch["y"]) == 1:   # a final batch of one row breaks BatchNorm in training
+                continue
+            yield batch["x"], batch["y"]
