@@ -216,12 +216,15 @@ class BaseDataModule(L.LightningDataModule):
         self.setup()
         return dict(self._split_hashes)
 
-    def raw_frame(self, split: str) -> tuple:
-        """Raw (un-preprocessed) input rows of a split, columns spec.feature_names, and raw labels."""
+    def raw_frame(self, split: str, limit: Optional[int] = None) -> tuple:
+        """Raw (un-preprocessed) input rows of a split, columns spec.feature_names, and raw labels (the first
+        `limit` of them)."""
         self.setup()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         rows, labels = self._raw[split]
+        if limit is not None:
+            rows, labels = rows[:limit], labels[:limit]
         if isinstance(rows, pd.DataFrame):
             frame = rows[self.spec.feature_names].reset_index(drop=True)
         else:

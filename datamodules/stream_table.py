@@ -8,6 +8,7 @@ The model, its `prep` and `dlp predict` are the in-memory tabular path's: only h
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -28,6 +29,7 @@ class StreamingTableDataModule(BaseDataModule):
         super().__init__(cfg, seed)
         self.reader: Optional[streamed.BlockReader] = None
         self.counts: Dict[str, int] = {}
+        self.skipped: list = []    # (file, why) left out under data.on_error=skip
         self.loaders = None   # a Ray Train worker's: {split: loader over its Ray Data shard} (ray_data.py)
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -39,9 +41,20 @@ class StreamingTableDataModule(BaseDataModule):
                             "data.streaming=false")
         source = streamed.discover(cfg.path, cfg.source, cfg.on_error)
         target, features, categorical = self._columns(source)
-        stats = stream_stats.TableStats([c for c in features if c not in categorical], categorical, target,
-                                        cfg.missing)
-        stream_stats.scan(source, features + [target], stats, self.seed, cfg.val_fraction, cfg.test_fraction)
+        while True:   # a file that fails mid-read under on_error=skip is left out and the pass starts again
+            stats = stream_stats.TableStats([c for c in features if c not in categorical], categorical, target,
+                                            cfg.missing)
+            try:
+                stream_stats.scan(source, features + [target], stats, self.seed, cfg.val_fraction,
+                                  cfg.test_fraction)
+                break
+            except streamed.ReadError as e:
+                if cfg.on_error != "skip":
+                    raise
+                source.drop(e.rel, str(e))
+        if source.skipped:
+            warnings.warn(f"data.on_error=skip: left out {len(source.skipped)} unreadable file(s) of {cfg.path}: "
+                          + ", ".join(rel for rel, _ in source.skipped[:5]) + (" ..." * (len(source.skipped) > 5)))
         self._finish(source, stats, features, target)
 
     def _columns(self, source: streamed.Source) -> tuple:
@@ -134,7 +147,8 @@ class StreamingTableDataModule(BaseDataModule):
     # -- records --
     def fingerprint(self) -> dict:
         self.setup()
-        return {"source": self.source, **{f"n_{s}": self.counts[s] for s in SPLITS}, "hash": self._hash}
+        skipped = {"skipped_files": len(self.skipped)} if self.skipped else {}
+        return {"source": self.source, **{f"n_{s}": self.counts[s] for s in SPLITS}, "hash": self._hash, **skipped}
 
     def raw_frame(self, split: str, limit: Optional[int] = None) -> tuple:
         """The split's raw rows (all of them: this reads the whole table; `limit` stops after that many)."""

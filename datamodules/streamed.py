@@ -50,6 +50,14 @@ class Block:
     first: int       # row number, within its file, of the block's first row
 
 
+class ReadError(DataError):
+    """A file of the source that cannot be read (`rel`: its path relative to the source)."""
+
+    def __init__(self, message: str, rel: str):
+        super().__init__(message)
+        self.rel = rel
+
+
 @dataclass
 class Source:
     """The files of one table, their blocks and common schema; `skipped` lists (file, why) under on_error=skip."""
@@ -69,6 +77,14 @@ class Source:
         text = json.dumps({"files": self.files, "schema": [(f.name, str(f.type)) for f in self.schema]})
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def drop(self, rel: str, why: str) -> None:
+        """Leave file `rel` out (data.on_error=skip), noting why."""
+        self.files = [f for f in self.files if f[0] != rel]
+        self.blocks = [b for b in self.blocks if b.rel != rel]
+        self.skipped.append((rel, why))
+        if not self.files:
+            raise DataError(f"data.path: no readable {self.fmt} file in '{self.uri}' ({len(self.skipped)} skipped)")
+
     def batches(self, block: Block, columns: List[str]) -> Iterator[Tuple[pa.RecordBatch, int]]:
         """(record batch of `columns`, row number of its first row in the file) for one block."""
         fs, _ = filesystem(self.uri)
@@ -78,8 +94,8 @@ class Source:
             else:
                 yield from _csv_batches(fs, block, columns, self.schema)
         except (pa.ArrowException, OSError) as e:
-            raise DataError(f"data.path: cannot read '{block.rel}' of {self.uri}: {_reason(e)}; fix or remove "
-                            "the file, or set data.on_error=skip") from None
+            raise ReadError(f"data.path: cannot read '{block.rel}' of {self.uri}: {_reason(e)}; fix or remove "
+                            "the file, or set data.on_error=skip", block.rel) from None
 
 
 def _parquet_batches(fs, block: Block, columns: List[str]):

@@ -153,6 +153,9 @@ def _check_values(cfg: DictConfig) -> None:
         season = m.get("season", 0) or 0
         checks += [("model.season", 0 <= season <= d.lookback, f"must be in [0, data.lookback={d.lookback}]"),("data.lookback", d.lookback >= 1, "must be >= 1"), ("data.horizon", d.horizon >= 1, "must be >= 1"),
                    ("data.stride", d.stride >= 1, "must be >= 1")]
+    if d.kind == "tabular":
+        checks += [("data.shuffle_buffer", d.shuffle_buffer >= 0, "must be >= 0 (0: blocks in a seeded order only)"),
+                   ("data.stream_above", 0 < d.stream_above <= 1, "must be in (0, 1]: a share of this machine's memory")]
     if d.kind == "text":
         checks += [("data.max_length", d.max_length >= 1, "must be >= 1"), ("data.min_freq", d.min_freq >= 1, "must be >= 1"),
                    ("data.max_vocab", d.max_vocab >= 3, "must be >= 3 (<pad>, <unk> and one token)")]

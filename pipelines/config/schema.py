@@ -35,6 +35,8 @@ CHOICES: Dict[str, tuple] = {
     "trainer.matmul_precision": ("highest", "high", "medium"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "data.on_device": ("auto", True, False),
+    "data.streaming": ("auto", True, False),
+    "data.on_error": ("error", "skip"),
     "trainer.lr_scaling": ("none", "linear", "sqrt"),
 }
 
