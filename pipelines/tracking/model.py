@@ -12,10 +12,10 @@ from pipelines.tracking import names
 
 
 def as_model_input(frame, prep: dict):
-    """Raw rows typed as a logged model's signature takes them: integer columns as doubles (the signature would
-    refuse float inputs; doubles accept both), timestamps as ISO strings (a CSV handed to `dlp predict` holds
-    strings, not datetimes)."""
-    frame = frame.astype({c: "float64" for c in frame.select_dtypes("integer").columns})
+    """Raw rows typed as a logged model's signature takes them: integer and float32 columns as doubles (the
+    signature would refuse the doubles a CSV handed to `dlp predict` holds; doubles accept both), timestamps as ISO
+    strings (that CSV holds strings, not datetimes)."""
+    frame = frame.astype({c: "float64" for c in frame.select_dtypes(["integer", "float32"]).columns})
     if prep.get("kind") == "timeseries":
         frame[prep["time"]] = frame[prep["time"]].astype(str)
     return frame
