@@ -1,10 +1,12 @@
 """The MLflow UI served by `dlp ui`, looked at in a real (headless) browser over a real store.
 
 One small digits CNN is trained for two epochs (so it has a learning curve), registered as `digits_ui` and
-promoted to `champion`; then `dlp ui` serves the store on 127.0.0.1 and headless Chromium loads four pages,
+promoted to `champion`; then `dlp ui` serves the store on 127.0.0.1 and headless Chromium loads five pages,
 taking a screenshot and dumping the rendered DOM of each:
 
-  runs.png       #/experiments/<id>/runs                                   the run is listed by name
+  runs.png       #/experiments/<id>/runs                                   the run is listed by name, its Dataset
+                                                                           column names its train/val/test splits
+  run.png        #/experiments/<id>/runs/<run>                             overview: Datasets lists the splits
   metrics.png    #/experiments/<id>/runs/<run>/model-metrics               metric charts drawn (train/loss ...)
   artifacts.png  #/experiments/<id>/runs/<run>/artifacts/plots/learning_curve.png   artifact tree + the plot
   model.png      #/models/digits_ui                                         the version carries alias champion
@@ -40,6 +42,9 @@ from tests.conftest import REPO, SMOKE, dlp_in_process, free_ports
 pytestmark = pytest.mark.slow
 
 MODEL = "digits_ui"
+# the splits every run logs as dataset inputs (pipelines/tracking/datasets.py): "<cfg.name>-<split>", each with
+# its context tag; the UI renders one as "digits_cnn-train (<digest>)" followed by a "training" tag
+SPLITS = {"train": "training", "val": "validation", "test": "test"}
 # --run-all-compositor-stages-before-draw: without it, under a virtual-time budget, the model-metrics tab
 # came out without a single chart (its chart code never even requested) in about half of the loads, whatever
 # the budget; with it, 16 loads out of 16 drew them.
@@ -155,6 +160,13 @@ def _assert_real_screenshot(png: Path, size: str) -> None:
     assert colours is None or len(colours) > 64, f"{png} has only {len(colours)} colours: blank page?"
 
 
+def _datasets_shown(dom: str) -> dict:
+    """{dataset name: (digest, context tag)} of the digits_cnn-<split> datasets rendered in `dom`."""
+    # a name "(digest)" label, then (without reaching the next dataset's label) its context tag
+    pattern = (r">(digits_cnn-\w+) \(([0-9a-f]+)\)<(?:(?!digits_cnn-).)*?>(" + "|".join(SPLITS.values()) + ")<")
+    return {name: (digest, context) for name, digest, context in re.findall(pattern, dom, flags=re.S)}
+
+
 def test_ui_pages_render_in_headless_chromium(store, tmp_path, capsys, chromium):
     from mlflow import MlflowClient
 
@@ -190,6 +202,23 @@ def test_ui_pages_render_in_headless_chromium(store, tmp_path, capsys, chromium)
         dom = _look(chromium, f"{base}/#/experiments/{exp_id}/runs", "runs", tmp_path,
                     lambda d: run_name in d)
         assert "Training runs" in dom
+        # ... with its datasets: the Dataset column holds all three splits, "<name>-<split> (<digest>)" and the
+        # context tag (two of them behind a "+2" chip on screen, but in the DOM)
+        logged = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+        expected = {f"digits_cnn-{split}": (logged.get(f"digits_cnn-{split}"), context)
+                    for split, context in SPLITS.items()}
+        assert 'data-testid="sort-header-Dataset">Dataset<' in dom, "the runs table has no Dataset column"
+        shown = _datasets_shown(dom)
+        assert shown == expected, (f"the runs table's Dataset column shows {shown or 'no datasets'}, expected "
+                                   f"{expected} (the run's dataset inputs in the store: {logged or 'none'})")
+
+        # ... and the run's overview lists them under Datasets: the first with its context tag, then "+2"
+        dom = _look(chromium, run_page, "run", tmp_path, lambda d: run_name in d and "About this run" in d)
+        assert ">Datasets</h4>" in dom, "the run page has no Datasets section"
+        shown = _datasets_shown(dom)
+        assert len(shown) == 1 and shown.items() <= expected.items(), \
+            f"the run page's Datasets show {shown or 'no datasets'}, expected one of {expected} first"
+        assert f">+{len(SPLITS) - 1}<" in dom, f"the run page does not count the other {len(SPLITS) - 1} datasets"
 
         # b. the run's model-metrics tab draws its charts. Charts render only once scrolled into view, so this
         # page gets a tall window: the perf, test and train rows are then drawn (a chart's legend reads
