@@ -63,8 +63,8 @@ def data_config():
 
 def state(dm) -> Dict[str, Any]:
     """What a worker's datamodule needs of the driver's setup (statistics, spec, counts, fingerprint)."""
-    return {"reader": dm.reader, "spec": dm.spec, "prep": dm.prep, "counts": dm.counts, "source": dm.source,
-            "hash": dm._hash, "split_hashes": dm._split_hashes}
+    return {"cls": type(dm), "reader": dm.reader, "spec": dm.spec, "prep": dm.prep, "counts": dm.counts,
+            "source": dm.source, "hash": dm._hash, "split_hashes": dm._split_hashes}
 
 
 def adopt(dm, shared: Dict[str, Any]) -> None:

@@ -136,11 +136,10 @@ def _datamodule(cfg: DictConfig, next_epoch: int, stream: Optional[Dict[str, Any
     as the uninterrupted run would). A streamed table takes the driver's statistics and reads its Ray Data shards."""
     import datamodules
 
-    if stream is not None:
-        from datamodules.stream_table import StreamingTableDataModule
+    if stream is not None:   # the driver's datamodule class: this node may not even see data.path
         from pipelines.training import ray_data
 
-        dm = StreamingTableDataModule(cfg.data, cfg.seed)
+        dm = stream["cls"](cfg.data, cfg.seed)
         ray_data.adopt(dm, stream)
     else:
         dm = datamodules.build(cfg.data, cfg.seed)

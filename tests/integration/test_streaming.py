@@ -101,3 +101,10 @@ def test_two_workers_read_even_ray_data_shards_and_train_like_one_process(table,
     assert run.data.metrics["test/acc"] > 0.9
     assert abs(run.data.metrics["test/acc"] - in_memory.data.metrics["test/acc"]) <= 0.03
     assert "Running Dataset" not in out and "execution finished" not in out   # Ray Data stays quiet
+
+
+def test_a_table_dataset_names_its_files_as_mlflow_source(table, in_memory):
+    import json
+
+    for i in in_memory.inputs.dataset_inputs:
+        assert i.dataset.source_type == "local" and json.loads(i.dataset.source) == {"uri": table[1]}, i.dataset
