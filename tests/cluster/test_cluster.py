@@ -125,3 +125,32 @@ print(json.dumps(client.get_run(v.run_id).data.tags.get("dlp.worker_nodes")))"""
     assert stack.laptop.files("*.db") == [] and stack.laptop.files("*.ckpt") == []
     assert_node_disks_clean(stack)
     assert stack.running_runs() == []
+
+
+def test_a_table_streamed_from_s3_trains_on_both_nodes(stack):
+    """A folder of Parquet shards in S3 that neither node holds: the driver lists it and makes its one statistics
+    pass, Ray Data read tasks read it on the nodes, two workers (one per node) train on even shards of it."""
+    stack.head.python(f"""
+import io, json, sys
+import boto3, numpy as np
+sys.path.insert(0, {str(REPO)!r})
+from tests.datafiles import synthetic_table
+df = synthetic_table(4000, seed=4)
+s3 = boto3.client("s3")
+for i, part in enumerate(np.array_split(np.arange(len(df)), 4)):
+    buf = io.BytesIO()
+    df.iloc[part].to_parquet(buf, row_group_size=500)
+    s3.put_object(Bucket="dlp", Key=f"tables/synth/part-{{i:05d}}.parquet", Body=buf.getvalue())
+print(json.dumps(len(df)))""", stack.s3)
+    proc = stack.head.run(["dlp", "train", "model=mlp", "data=csv", "data.source=parquet", "data.target=label",
+                           "data.path=s3://dlp/tables/synth", "trainer.max_epochs=2", "trainer.threads=1",
+                           "trainer.progress_bar=false", "trainer.num_workers=2",
+                           "trainer.storage_path=s3://dlp/stream",
+                           "trainer.label_selector=[{role:head},{role:worker}]"], stack.driver_env(), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    run = run_summary(stack, re.search(r"run id:\s+([0-9a-f]{32})", proc.stdout).group(1))
+    assert run["status"] == "FINISHED" and run["steps"] == [0, 1], run
+    assert run["tags"]["dlp.data.source"] == "parquet:s3://dlp/tables/synth", run["tags"]
+    assert sum(int(run["tags"][f"dlp.data.n_{s}"]) for s in ("train", "val", "test")) == 4000
+    assert run["test"]["test/acc"] > 0.8 and run["model"] == "PyFuncModel"
+    assert_node_disks_clean(stack)
