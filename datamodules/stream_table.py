@@ -7,30 +7,18 @@ The model, its `prep` and `dlp predict` are the in-memory tabular path's: only h
 """
 from __future__ import annotations
 
-import hashlib
-import warnings
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
-import pandas as pd
 
 from . import stream_stats, streamed
-from .base import SPLITS, BaseDataModule, DataSpec, class_balance
+from .base import SPLITS, DataSpec, class_balance
 from .errors import DataError
-from .stream_loader import StreamLoader, batch_count
+from .stream_base import StreamedDataModule
 
 
-class StreamingTableDataModule(BaseDataModule):
+class StreamingTableDataModule(StreamedDataModule):
     """A table read in blocks: same spec and prep as TabularDataModule, never the whole table in memory."""
-
-    streams = True
-
-    def __init__(self, cfg, seed: int):
-        super().__init__(cfg, seed)
-        self.reader: Optional[streamed.BlockReader] = None
-        self.counts: Dict[str, int] = {}
-        self.skipped: list = []    # (file, why) left out under data.on_error=skip
-        self.loaders = None   # a Ray Train worker's: {split: loader over its Ray Data shard} (ray_data.py)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.spec is not None:
@@ -41,20 +29,13 @@ class StreamingTableDataModule(BaseDataModule):
                             "data.streaming=false")
         source = streamed.discover(cfg.path, cfg.source, cfg.on_error)
         target, features, categorical = self._columns(source)
-        while True:   # a file that fails mid-read under on_error=skip is left out and the pass starts again
-            stats = stream_stats.TableStats([c for c in features if c not in categorical], categorical, target,
-                                            cfg.missing)
-            try:
-                stream_stats.scan(source, features + [target], stats, self.seed, cfg.val_fraction,
-                                  cfg.test_fraction)
-                break
-            except streamed.ReadError as e:
-                if cfg.on_error != "skip":
-                    raise
-                source.drop(e.rel, str(e))
-        if source.skipped:
-            warnings.warn(f"data.on_error=skip: left out {len(source.skipped)} unreadable file(s) of {cfg.path}: "
-                          + ", ".join(rel for rel, _ in source.skipped[:5]) + (" ..." * (len(source.skipped) > 5)))
+        numeric = [c for c in features if c not in categorical]
+
+        def one_pass():
+            stats = stream_stats.TableStats(numeric, categorical, target, cfg.missing)
+            return stream_stats.scan(source, features + [target], stats, self.seed, cfg.val_fraction,
+                                     cfg.test_fraction)
+        stats = self._pass(source, one_pass)
         self._finish(source, stats, features, target)
 
     def _columns(self, source: streamed.Source) -> tuple:
@@ -97,10 +78,7 @@ class StreamingTableDataModule(BaseDataModule):
         if task == "classification" and cfg.balance == "weights":
             y = np.repeat(np.arange(len(classes)), [stats.train_values.get(c, 0) for c in classes])
             self.spec.class_weights = [float(w) for w in class_balance(y, len(classes))]
-        self._hash = hashlib.sha256(f"{source.digest()}\x1f{self.seed}\x1f{cfg.val_fraction}\x1f{cfg.test_fraction}"
-                                    f"\x1f{features}\x1f{target}\x1f{cfg.missing}".encode()).hexdigest()
-        self._split_hashes = {s: hashlib.sha256(f"{self._hash}\x1f{s}".encode()).hexdigest() for s in SPLITS}
-        self.skipped = source.skipped
+        self._set_hashes(source, features, target, cfg.missing)
         self.prep.update(task=task, class_names=list(self.spec.class_names), target_scale=scale)
 
     def _target(self, stats: stream_stats.TableStats, target: str) -> tuple:
@@ -127,52 +105,3 @@ class StreamingTableDataModule(BaseDataModule):
         if len(values) < 2:
             raise DataError(f"data.target: column '{target}' has a single class; classification needs at least two")
         return task, values, None
-
-    # -- loaders --
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def _eval_loader(self, split: str):
-        return self._loader(split, shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool):
-        self.setup()
-        if self.loaders is not None:
-            return self.loaders(split, shuffle)
-        loader = StreamLoader(self.reader, split, self.reader.source.blocks, self.cfg.batch_size, shuffle,
-                              self.seed, self.cfg.shuffle_buffer, self.counts[split])
-        loader.set_epoch(self.first_epoch if shuffle else 0)
-        return loader
-
-    # -- records --
-    def fingerprint(self) -> dict:
-        self.setup()
-        skipped = {"skipped_files": len(self.skipped)} if self.skipped else {}
-        return {"source": self.source, **{f"n_{s}": self.counts[s] for s in SPLITS}, "hash": self._hash, **skipped}
-
-    def raw_frame(self, split: str, limit: Optional[int] = None) -> tuple:
-        """The split's raw rows (all of them: this reads the whole table; `limit` stops after that many)."""
-        self.setup()
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        frames, have = [], 0
-        code = streamed.SPLIT_CODES[split]
-        r = self.reader
-        for block in r.source.blocks:
-            for batch, first in r.source.batches(block, r.columns):
-                codes = streamed.split_codes(block.rel, first, batch.num_rows, self.seed, r.val_fraction,
-                                             r.test_fraction)
-                frame = batch.to_pandas()[codes == code]
-                if r.missing == "drop":
-                    frame = frame.dropna()
-                frames.append(frame)
-                have += len(frame)
-                if limit is not None and have >= limit:
-                    break
-            if limit is not None and have >= limit:
-                break
-        frame = pd.concat(frames, ignore_index=True).head(limit) if limit else pd.concat(frames, ignore_index=True)
-        return frame[self.spec.feature_names], frame[self.spec.target_name].to_numpy()
-
-    def batches_per_epoch(self, split: str, world: int = 1) -> int:
-        return batch_count(self.counts[split] // world, max(1, self.cfg.batch_size // world))

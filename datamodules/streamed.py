@@ -134,16 +134,20 @@ class BlockReader:
     missing: str
 
     def read(self, block: Block, split: str) -> Iterator[tuple]:
+        for frame in self.raw(block, split):
+            yield self.arrays(frame)
+
+    def raw(self, block: Block, split: str) -> Iterator[pd.DataFrame]:
+        """The block's raw rows (self.columns) that belong to `split`, a read batch at a time."""
         code = SPLIT_CODES[split]
         for batch, first in self.source.batches(block, self.columns):
-            codes = split_codes(block.rel, first, batch.num_rows, self.seed, self.val_fraction,
-                                         self.test_fraction)
+            codes = split_codes(block.rel, first, batch.num_rows, self.seed, self.val_fraction, self.test_fraction)
             frame = batch.to_pandas()
             keep = codes == code
             if self.missing == "drop":
                 keep &= ~frame.isna().any(axis=1).to_numpy()
             if keep.any():
-                yield self.arrays(frame[keep])
+                yield frame[keep]
 
     def arrays(self, frame: pd.DataFrame) -> tuple:
         x = preprocess.transform(frame[self.columns[:-1]], self.prep)
