@@ -56,7 +56,11 @@ def tokenize_texts(texts, tokenizer: str, lowercase: bool) -> list:
 def fit_vocab(token_lists, min_freq: int, max_vocab: int) -> list:
     """Vocabulary from TRAIN token lists: <pad>, <unk>, then tokens seen >= min_freq times, most frequent
     first (ties alphabetical), at most max_vocab entries in all."""
-    counts = Counter(t for tokens in token_lists for t in tokens)
+    return vocab_from_counts(Counter(t for tokens in token_lists for t in tokens), min_freq, max_vocab)
+
+
+def vocab_from_counts(counts: Counter, min_freq: int, max_vocab: int) -> list:
+    """fit_vocab from token counts already made (a streamed pass counts a batch at a time)."""
     kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
                   key=lambda t: (-counts[t], t))
     return [PAD, UNK] + kept[:max(0, max_vocab - 2)]

@@ -153,7 +153,7 @@ def _check_values(cfg: DictConfig) -> None:
         season = m.get("season", 0) or 0
         checks += [("model.season", 0 <= season <= d.lookback, f"must be in [0, data.lookback={d.lookback}]"),("data.lookback", d.lookback >= 1, "must be >= 1"), ("data.horizon", d.horizon >= 1, "must be >= 1"),
                    ("data.stride", d.stride >= 1, "must be >= 1")]
-    if d.kind == "tabular":
+    if d.kind in ("tabular", "image", "text"):
         checks += [("data.shuffle_buffer", d.shuffle_buffer >= 0, "must be >= 0 (0: blocks in a seeded order only)"),
                    ("data.stream_above", 0 < d.stream_above <= 1, "must be in (0, 1]: a share of this machine's memory")]
     if d.kind == "text":

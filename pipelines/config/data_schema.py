@@ -60,6 +60,12 @@ class ImageDataConfig:
     task: str = "classification"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     limit: Optional[int] = None       # keep only the first N training images (quick runs)
+    # larger than memory (image_folder): decoded block by block, never whole (auto: an s3:// tree, or a folder whose
+    # files total over stream_above of this machine's memory); no augmentation when streaming
+    streaming: Any = "auto"           # auto | true | false
+    stream_above: float = 0.25
+    shuffle_buffer: int = 10000       # streamed: images mixed at random per epoch (blocks come in a seeded order)
+    on_error: str = "error"           # streamed: an image that cannot be read: error | skip
 
 
 @dataclass
@@ -86,6 +92,12 @@ class TextDataConfig:
     on_device: Any = "auto"          # auto | true | false: the tensors live on the training device (auto: CUDA, if they fit)
     task: str = "classification"
     limit: Optional[int] = None       # keep only the first N rows (quick runs)
+    # larger than memory (csv/parquet): read block by block, never whole (auto: a folder of shards, an s3:// prefix,
+    # or a file over stream_above of this machine's memory); batches padded to max_length, not bucketed
+    streaming: Any = "auto"           # auto | true | false
+    stream_above: float = 0.25
+    shuffle_buffer: int = 10000       # streamed: texts mixed at random per epoch (blocks come in a seeded order)
+    on_error: str = "error"           # streamed: a file that cannot be read, or has another schema: error | skip
 
 
 @dataclass

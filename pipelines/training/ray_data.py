@@ -44,7 +44,8 @@ def datasets(dm) -> Dict[str, Any]:
         items = [{"block": int(i)} for i in (order if split == "train" else range(len(blocks)))]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         out[split] = ds.map_batches(functools.partial(_read, reader=dm.reader, split=split), batch_size=1,
-                                    batch_format="numpy", num_cpus=DATA_CPUS, concurrency=READERS)
+                                    batch_format="numpy", num_cpus=DATA_CPUS,
+                                    compute=ray.data.TaskPoolStrategy(size=READERS))
     return out
 
 

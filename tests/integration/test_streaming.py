@@ -108,3 +108,20 @@ def test_a_table_dataset_names_its_files_as_mlflow_source(table, in_memory):
 
     for i in in_memory.inputs.dataset_inputs:
         assert i.dataset.source_type == "local" and json.loads(i.dataset.source) == {"uri": table[1]}, i.dataset
+
+
+def test_a_streamed_text_table_trains_an_rnn_whose_model_reads_raw_texts(store, capsys, tmp_path):
+    from tests.unit.test_stream_text import reviews
+
+    folder = write_shards(tmp_path / "texts", reviews(1500), shards=3, row_group_size=250)
+    proc = dlp_in_process(capsys, "train", "model=rnn_classifier", "data=text_csv", "data.source=parquet",
+                          f"data.path={folder}", "data.text=review", "data.target=sentiment", "data.max_length=16",
+                          "trainer.max_epochs=3", "trainer.threads=1", "trainer.progress_bar=false", "seed=1")
+    assert proc.returncode == 0, proc.stderr
+    run = MlflowClient(store).get_run(_run_id(proc.stdout))
+    assert run.data.tags["dlp.data.source"] == f"parquet:{folder}" and run.data.metrics["test/acc"] > 0.9
+    pd.DataFrame({"review": ["a lovely superb film", "awful and dull"]}).to_csv(tmp_path / "t.csv", index=False)
+    out = dlp_in_process(capsys, "predict", f"runs:/{run.info.run_id}/model", str(tmp_path / "t.csv"),
+                         "-o", str(tmp_path / "p.csv"))
+    assert out.returncode == 0, out.stderr
+    assert pd.read_csv(tmp_path / "p.csv")["prediction"].tolist() == ["pos", "neg"]
