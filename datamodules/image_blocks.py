@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
+import pandas as pd
 
 from . import preprocess, streamed
 from .errors import DataError
@@ -145,6 +146,12 @@ class ImageReader:
         code = streamed.SPLIT_CODES[split]
         for images, labels, _ in self.decode(block, code):
             yield preprocess.transform(images, self.prep), labels
+
+    def raw(self, block: ImageBlock, split: str) -> Iterator:
+        """The split's raw pixel rows p0.. (uint8, as ImageDataModule's) with their class codes ("label")."""
+        for images, labels, _ in self.decode(block, streamed.SPLIT_CODES[split]):
+            frame = pd.DataFrame(images.reshape(len(images), -1), columns=[f"p{i}" for i in range(images[0].size)])
+            yield frame.assign(label=labels)
 
     def decode(self, block: ImageBlock, split: Optional[int] = None, bad: Optional[dict] = None,
                shape: Optional[tuple] = None) -> Iterator[tuple]:

@@ -96,6 +96,7 @@ class StreamedDataModule(BaseDataModule):
                     break
             if limit is not None and have >= limit:
                 break
-        frame = pd.concat(frames, ignore_index=True)
+        columns = [*self.spec.feature_names, self.spec.target_name]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         frame = frame.head(limit) if limit is not None else frame
         return frame[self.spec.feature_names], frame[self.spec.target_name].to_numpy()

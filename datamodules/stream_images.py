@@ -15,7 +15,6 @@ import warnings
 from typing import Dict, Optional
 
 import numpy as np
-import pandas as pd
 
 from . import image_blocks, streamed
 from .base import SPLITS, DataSpec, class_balance
@@ -98,26 +97,3 @@ class StreamingImageDataModule(StreamedDataModule):
         self.prep.update(task="classification", class_names=list(self.spec.class_names), target_scale=None)
 
     # loaders: StreamedDataModule's (no augmentation: data.augment is ignored when streaming)
-
-    def raw_frame(self, split: str, limit: Optional[int] = None) -> tuple:
-        """The split's raw pixel rows p0.. (uint8, as ImageDataModule's) and class codes, in block order: all of
-        them (this decodes the whole split) or the first `limit`."""
-        self.setup()
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        images, labels, have = [], [], 0
-        for block in self.reader.source.blocks:
-            for x, y, _ in self.reader.decode(block, streamed.SPLIT_CODES[split]):
-                images.append(x.reshape(len(x), -1))
-                labels.append(y)
-                have += len(y)
-                if limit is not None and have >= limit:
-                    break
-            if limit is not None and have >= limit:
-                break
-        width = len(self.spec.feature_names)
-        rows = np.concatenate(images) if images else np.zeros((0, width), dtype=np.uint8)
-        y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        if limit is not None:
-            rows, y = rows[:limit], y[:limit]
-        return pd.DataFrame(rows, columns=self.spec.feature_names), y
