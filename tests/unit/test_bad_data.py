@@ -140,8 +140,12 @@ def test_a_regression_target_with_a_typo_is_refused(tmp_path):
 # ---- messages --------------------------------------------------------------------------------
 
 def test_data_path_names_what_it_is_instead_of_a_file(tmp_path):
-    with pytest.raises(DataError, match=r"^data.path: '.*' is a directory, not a file"):
+    # a folder is a table of shards (streamed): one without any says what it should hold
+    with pytest.raises(DataError, match=r"^data.path: '.*' holds no .csv or .csv.gz files; point data.path at a csv "
+                                        r"file or a folder of them"):
         tabular(str(tmp_path))
+    with pytest.raises(DataError, match=r"^data.path: '.*' is a directory, not a file"):
+        tabular(str(tmp_path), streaming=False)
     with pytest.raises(DataError, match=r"^data.path: '/dev/null' is not a regular file"):
         tabular("/dev/null")
     with pytest.raises(DataError, match=r"^data.path: file '.*nope.csv' does not exist$"):
