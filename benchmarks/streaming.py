@@ -1,8 +1,9 @@
 """Streamed tables (data.streaming=true): their training speed against the in-memory path, and a table larger than a
 Ray Train worker's memory trained under a hard per-worker memory cap.
 
-    .venv/bin/python benchmarks/streaming.py --in-memory-too        # both parts + the in-memory controls, ~20 min
-    .venv/bin/python benchmarks/streaming.py                        # both parts, ~15 min on 2 cores
+    .venv/bin/python benchmarks/streaming.py                        # both parts, ~17 min on 2 cores
+    .venv/bin/python benchmarks/streaming.py --cap-mib 1024 1536 --in-memory-too   # + a 1 GiB cap and the in-memory
+                                                                    # controls, ~30 min
     .venv/bin/python benchmarks/streaming.py --part throughput --rows 500000 --rounds 3
     .venv/bin/python benchmarks/streaming.py --part large --cap-mib 1024 --ratio 4.5    # root + cgroup v1 only
 
@@ -47,6 +48,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -358,12 +360,15 @@ def capped_train(data_path: str, cap: int, workdir: Path, streaming: bool = True
         with watch:
             try:
                 proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            except BaseException as e:   # the timeout, or this process told to stop: the run's processes go too
+                timed_out = isinstance(e, subprocess.TimeoutExpired)
                 with contextlib.suppress(psutil.Error):
                     _kill(psutil.Process(proc.pid).children(recursive=True))
                 proc.kill()
                 proc.wait()
+                _kill([p for p in watch.seen.values() if _same_alive(p)])
+                if not timed_out:
+                    raise
         wall = time.perf_counter() - start
         killed = _leftovers(watch.seen)
         workers_report = watch.report()
@@ -491,7 +496,8 @@ def _capped(name: str, path: str, cap: int, workdir: Path, streaming: bool, args
     return result
 
 
-def large(args) -> dict:
+def large(args, checkpoint=lambda out: None) -> dict:
+    """Part (b); `checkpoint(out)` is called with the figures so far after each run (saved as they come)."""
     reason = cgroup_unavailable()
     if reason:
         raise SystemExit(f"--part large needs per-worker memory cgroups: {reason}")
@@ -518,10 +524,12 @@ def large(args) -> dict:
         path = table["path"] if table["files"] > 1 else str(Path(table["path"]) / "part-00000.parquet")
         for cap in caps:
             out["streamed"][str(cap)] = _capped("streamed", path, cap * MIB, tmp / f"streamed-{cap}", True, args)
+            checkpoint(out)
         if args.in_memory_too:
             cap = caps[0] * MIB
             if table["files"] == 1:   # the in-memory path reads one file
                 out["in_memory"] = _capped("in_memory", path, cap, tmp / "in_memory", False, args)
+                checkpoint(out)
             shutil.rmtree(table["path"])
             small = write_wide_table(tmp / "small", rows_for(cap, 1.0, args.cols, args.row_group_rows), args.cols,
                                      args.row_group_rows, 1)
@@ -657,13 +665,19 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per dlp run")
     args = parser.parse_args(argv)
     common.quiet()
+    # a SIGTERM unwinds like Ctrl-C: the runs' processes are stopped, the cgroups and the data removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     saved = common.load_json("streaming.json") or {}
     result = {k: v for k, v in saved.items() if k in ("throughput", "large")}
     command = " ".join(["python benchmarks/streaming.py", *(argv if argv is not None else sys.argv[1:])])
     if args.part in ("both", "throughput"):
         result["throughput"] = {"command": command, **throughput(args)}
+        common.save_json("streaming.json", result)
     if args.part in ("both", "large"):
-        result["large"] = {"command": command, **large(args)}
+        def checkpoint(out):
+            common.save_json("streaming.json", {**result, "large": {"command": command, "unfinished": True, **out}})
+
+        result["large"] = {"command": command, **large(args, checkpoint)}
     _print_summary(result)
     path = common.save_json("streaming.json", result)
     print(f"wrote {path.relative_to(common.ROOT)}")
