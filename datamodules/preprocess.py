@@ -105,12 +105,9 @@ def _tabular(data, prep: dict) -> np.ndarray:
 
 def _numeric(s: pd.Series, name: str) -> np.ndarray:
     """Column as float64; strings from JSON are parsed; anything unparseable, and ±inf (NaN outputs), is an error."""
-    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        out = s.to_numpy(dtype=np.float64, na_value=np.nan)   # already numbers: only ±inf can be bad
-        bad = np.isinf(out)
-    else:
-        out = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(out) & s.notna().to_numpy()
+    numbers = pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
+    out = (s if numbers else pd.to_numeric(s, errors="coerce")).to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.isinf(out) if numbers else ~np.isfinite(out) & s.notna().to_numpy()   # numbers: only ±inf is bad
     if bad.any():
         first = s[bad].iloc[0].item() if isinstance(s[bad].iloc[0], np.generic) else s[bad].iloc[0]
         raise ValueError(f"column '{name}' has non-numeric or infinite values such as {first!r}")

@@ -54,6 +54,7 @@ JOB = ["model=cnn", "data=image_folder", "data.streaming=true", "trainer.threads
        "trainer.early_stopping.patience=0", "seed=1"]
 
 
+@pytest.mark.slow   # ~15-40 s: make test-slow and CI
 def test_a_streamed_image_folder_trains_a_cnn_in_process(tmp_path, store, capsys):
     root = write_learnable(tmp_path / "tree", per_class=80, size=16)
     proc = dlp_in_process(capsys, "train", *JOB, f"data.path={root}", "data.batch_size=32", "trainer.max_epochs=3")

@@ -110,6 +110,7 @@ def test_a_table_dataset_names_its_files_as_mlflow_source(table, in_memory):
         assert i.dataset.source_type == "local" and json.loads(i.dataset.source) == {"uri": table[1]}, i.dataset
 
 
+@pytest.mark.slow   # ~20 s: make test-slow and CI
 def test_a_streamed_text_table_trains_an_rnn_whose_model_reads_raw_texts(store, capsys, tmp_path):
     from tests.unit.test_stream_text import reviews
 
