@@ -46,10 +46,6 @@ class ImageSource:
     blocks: List[ImageBlock]
     skipped: List[Tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(size for _, size, _ in self.files)
-
     def digest(self) -> str:
         """sha256 of the listing: changes when an image is added, removed or rewritten (or a class renamed)."""
         return hashlib.sha256(json.dumps({"classes": self.classes, "files": self.files}).encode()).hexdigest()

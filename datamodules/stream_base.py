@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import streamed
 from .base import SPLITS, BaseDataModule
-from .stream_loader import StreamLoader, batch_count
+from .stream_loader import StreamLoader
 
 
 class StreamedDataModule(BaseDataModule):
@@ -72,9 +72,6 @@ class StreamedDataModule(BaseDataModule):
                               self.seed, self.cfg.shuffle_buffer, self.counts[split])
         loader.set_epoch(self.first_epoch if shuffle else 0)
         return loader
-
-    def batches_per_epoch(self, split: str, world: int = 1) -> int:
-        return batch_count(self.counts[split] // world, max(1, self.cfg.batch_size // world))
 
     # -- records --
     def fingerprint(self) -> dict:

@@ -68,10 +68,6 @@ class Source:
     schema: pa.Schema
     skipped: List[Tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(size for _, size, _ in self.files)
-
     def digest(self) -> str:
         """sha256 of the listing and the schema: changes when a file is added, removed, rewritten or retyped."""
         text = json.dumps({"files": self.files, "schema": [(f.name, str(f.type)) for f in self.schema]})

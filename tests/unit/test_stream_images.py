@@ -14,6 +14,7 @@ from PIL import Image
 import datamodules
 from datamodules import DataError, image_blocks, streamed
 from datamodules.image import channel_stats, read_image_folder
+from datamodules.stream_loader import batch_count
 from pipelines.config.data_schema import ImageDataConfig
 
 
@@ -134,7 +135,7 @@ def test_every_train_image_once_per_epoch_in_a_seeded_order(tree):
     assert not np.array_equal(epochs[0], epochs[1])
     again = streamed_dm(tree, seed=2, batch_size=8, shuffle_buffer=10).train_dataloader()
     assert np.array_equal(torch.cat([x for x, _ in again]).reshape(len(epochs[0]), -1).numpy().round(5), epochs[0])
-    assert len(loader) == dm.batches_per_epoch("train")
+    assert len(loader) == batch_count(dm.counts["train"], 8)
 
 
 def test_a_corrupt_image_is_one_line_naming_it_or_is_left_out_and_counted(tree):
