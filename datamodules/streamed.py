@@ -137,13 +137,15 @@ class BlockReader:
         """The block's raw rows (self.columns) that belong to `split`, a read batch at a time."""
         code = SPLIT_CODES[split]
         for batch, first in self.source.batches(block, self.columns):
-            codes = split_codes(block.rel, first, batch.num_rows, self.seed, self.val_fraction, self.test_fraction)
-            frame = batch.to_pandas()
-            keep = codes == code
+            keep = split_codes(block.rel, first, batch.num_rows, self.seed, self.val_fraction,
+                               self.test_fraction) == code
+            if not keep.any():
+                continue
+            frame = batch.filter(pa.array(keep)).to_pandas()   # only this split's rows leave Arrow
             if self.missing == "drop":
-                keep &= ~frame.isna().any(axis=1).to_numpy()
-            if keep.any():
-                yield frame[keep]
+                frame = frame[~frame.isna().any(axis=1).to_numpy()]
+            if len(frame):
+                yield frame
 
     def arrays(self, frame: pd.DataFrame) -> tuple:
         x = preprocess.transform(frame[self.columns[:-1]], self.prep)
