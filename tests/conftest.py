@@ -1,11 +1,16 @@
 """Shared fixtures: a private MLflow store per test, tiny configs, and a real `dlp` subprocess."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +42,53 @@ def free_ports(n: int = 1) -> list:
             s.close()
 
 
+SCALE_MINUTES = 12   # the most a `scale` test takes on 2 busy cores: none starts closer than this to the deadline
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `scale` tests (thousands of files, gigabytes of data) run last: under a deadline, they are what is cut."""
+    items.sort(key=lambda item: item.get_closest_marker("scale") is not None)
+
+
+def pytest_runtest_setup(item):
+    """DLP_TEST_DEADLINE (Unix seconds; .ci/run sets it for the slow tests): a test that would start after it -- a
+    `scale` test, after it less SCALE_MINUTES -- is skipped, its reason saying so, instead of the whole CI run
+    overrunning its time limit. Unset (make test, make test-slow), every test runs."""
+    deadline = os.environ.get("DLP_TEST_DEADLINE")
+    if not deadline:
+        return
+    margin = SCALE_MINUTES * 60 if item.get_closest_marker("scale") else 0
+    if time.time() > float(deadline) - margin:
+        pytest.skip("CI time budget spent (DLP_TEST_DEADLINE): not run in this CI run")
+
+
+_TEMPLATE: list = []
+
+
+def new_store(db: Path) -> str:
+    """A fresh SQLite MLflow store at `db`: a copy of one migrated once per test session (creating the tables takes
+    a few seconds, in every process that meets a new file), its Default experiment pointed at db's folder as MLflow
+    would have pointed it (<working directory>/mlruns/0). Returns its URI."""
+    if not _TEMPLATE:
+        folder = tempfile.mkdtemp(prefix="dlp-test-store-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = Path(folder) / "mlflow.db"
+        subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                        "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{template}"],
+                       cwd=folder, check=True, capture_output=True, timeout=300)
+        _TEMPLATE.append(template)
+    shutil.copyfile(_TEMPLATE[0], db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                     (str(db.parent / "mlruns" / "0"),))
+    conn.close()
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store in tmp_path, also the working directory (outputs/ lands there)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # mlflow.set_experiment() exports the active experiment's id; one left by an earlier in-process test names
     # an experiment this store lacks (and subprocesses such as `mlflow run` would inherit it)
@@ -110,7 +158,7 @@ def dlp_in_new_store(tmp: Path, *args: str, settle: float = 0.0) -> tuple:
 
     from pipelines.cli import main
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_store(tmp / "mlflow.db")
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SMOKE, assert_one_line_error, dlp_in_process, run_dlp
+from tests.conftest import SMOKE, assert_one_line_error, dlp_in_process, new_store, run_dlp
 
 SAMPLE_INPUTS = "net/data/sample_inputs/model.pt"
 
@@ -38,7 +38,7 @@ def logged(tmp_path_factory):
     from pipelines.training.driver import train
 
     root = tmp_path_factory.mktemp("trust")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_store(root / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SMOKE, assert_one_line_error, dlp_in_process
+from tests.conftest import SMOKE, assert_one_line_error, dlp_in_process, new_store
 
 FAST = ["trainer.early_stopping.patience=0", "trainer.progress_bar=false", "trainer.threads=1"]
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     from pipelines.training.driver import train
 
     root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_store(root / "mlflow.db")
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     patch.chdir(root)

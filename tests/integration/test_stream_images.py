@@ -71,6 +71,7 @@ def test_a_streamed_image_folder_trains_a_cnn_in_process(tmp_path, store, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 @pytest.mark.distributed
 def test_two_workers_train_on_a_50000_image_tree_streamed_through_ray_data(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("big")

@@ -24,7 +24,7 @@ import pytest
 
 from benchmarks import streaming as bench
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.scale, pytest.mark.distributed]
 
 CAP = 1536 * bench.MIB          # each worker's memory: asked of Ray, enforced by its cgroup (why not 1 GiB: above)
 RATIO = 4.0                     # the table's float32 values / the cap

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import dlp_in_new_store, runs_with_status
+from tests.conftest import dlp_in_new_store, new_store, runs_with_status
 
 pytestmark = pytest.mark.distributed
 
@@ -141,7 +141,7 @@ def test_a_sweep_too_big_for_the_cluster_is_refused_at_the_cli(ray_cluster, tmp_
     exit 2, before any MLflow run is opened."""
     from pipelines.cli import main
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(tmp_path)
