@@ -66,7 +66,7 @@ _TEMPLATE: list = []
 
 
 def new_store(db: Path) -> str:
-    """A fresh SQLite MLflow store at `db`: a copy of one migrated once per test session (creating the tables takes
+    """The SQLite MLflow store at `db`, made there if there is none: a copy of one migrated once per test session (creating the tables takes
     a few seconds, in every process that meets a new file), its Default experiment pointed at db's folder as MLflow
     would have pointed it (<working directory>/mlruns/0). Returns its URI."""
     if not _TEMPLATE:
@@ -77,11 +77,12 @@ def new_store(db: Path) -> str:
                         "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{template}"],
                        cwd=folder, check=True, capture_output=True, timeout=300)
         _TEMPLATE.append(template)
-    shutil.copyfile(_TEMPLATE[0], db)
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                     (str(db.parent / "mlruns" / "0"),))
-    conn.close()
+    if not db.exists():   # a store already there (a rerun against the same folder) is kept
+        shutil.copyfile(_TEMPLATE[0], db)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                         (str(db.parent / "mlruns" / "0"),))
+        conn.close()
     return f"sqlite:///{db}"
 
 
@@ -147,7 +148,7 @@ def ray_cluster():
 
 
 def dlp_in_new_store(tmp: Path, *args: str, settle: float = 0.0) -> tuple:
-    """The CLI entry point, in this process, against a fresh SQLite store in `tmp` (also the working directory):
+    """The CLI entry point, in this process, against the SQLite store in `tmp` (made if none; also the working directory):
     (store URI, exit code, console output). For module-scoped fixtures, where `store` cannot be used.
     `settle`: seconds to wait before leaving, for worker lines that reach the driver through Ray's log monitor."""
     import contextlib

@@ -133,6 +133,7 @@ def test_data_error_in_a_real_process_exits_2_without_traceback(store, tmp_path)
     assert _every_run(store) == []
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_ctrl_c_marks_the_run_killed(store, tmp_path):
     import os
     import signal

@@ -53,6 +53,7 @@ def _served(model_uri: str, frame: pd.DataFrame, cwd) -> pd.DataFrame:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_served_champion_matches_dlp_predict(store, tmp_path, capsys):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.normal(size=300) * 50 + 100,

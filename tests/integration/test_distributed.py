@@ -56,6 +56,7 @@ def _leftover_placement_groups(ray):
     return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_two_workers_match_one_process_and_log_each_epoch_once(two_workers, tmp_path):
     from pipelines.config.compose import compose
     from pipelines.training.fit import fit
@@ -95,6 +96,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(two_workers, ray_cluster, s
     assert not _leftover_placement_groups(ray_cluster)
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_a_worker_failure_without_retries_fails_the_run_cleanly(ray_cluster, store, monkeypatch, capsys):
     monkeypatch.setenv("DLP_FAULT", "rank=1,epoch=1")
     proc = dlp_in_process(capsys, "train", "experiment=digits_cnn", "trainer.max_epochs=3", "trainer.threads=1",
@@ -214,6 +216,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_the_local_cluster_binds_to_localhost_needs_a_token_and_idles_lean(tmp_path):
     """The cluster `dlp train` starts without RAY_ADDRESS: its dashboard listens on 127.0.0.1 only, refuses a
     request without Ray's token, and holds no prestarted task workers (Train and Tune run actors only)."""

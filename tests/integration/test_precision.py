@@ -72,6 +72,7 @@ def test_sixteen_mixed_on_cpu_trains_as_bf16(store, capsys):
     assert "bf16-mixed" in proc.stderr     # Lightning says fp16 AMP is GPU-only and what it uses instead
 
 
+@pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 @pytest.mark.parametrize("first,then", [("32-true", "bf16-mixed"),
                                         pytest.param("bf16-true", "32-true", marks=pytest.mark.slow)])
 def test_checkpoint_resumes_under_another_precision(store, capsys, first, then):
