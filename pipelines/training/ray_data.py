@@ -8,7 +8,8 @@ In a worker: `adopt(dm, state)` gives the worker's datamodule the driver's stati
 data) and loaders over its shard of each split.
 
 Ordering: the training blocks come in one seeded order (Ray Data executes the same plan each epoch), read in
-order (preserve_order), and each rank mixes its rows in a local shuffle buffer seeded by (seed, epoch, rank).
+order (preserve_order), and each rank mixes its rows in a local shuffle buffer seeded by (seed, rank, epoch) --
+the in-process loader's buffer, on whole blocks: Ray Data's own local shuffle formats every batch and cost more.
 """
 from __future__ import annotations
 
@@ -100,12 +101,18 @@ class ShardLoader:
         return batch_count(self.rows, self.batch_size, drop_single=self.shuffle)
 
     def __iter__(self):
+        """Whole blocks from Ray Data as NumPy (no per-batch formatting there), cut into batches by the in-process
+        loader's code: mixed in a bounded buffer seeded by (seed, rank, epoch) when shuffling, in order otherwise."""
+        import torch
+
+        from datamodules.stream_loader import sequential, shuffled
+
         epoch, self.epoch = self.epoch, self.epoch + 1
-        seed = int(np.random.default_rng([*self.seed, epoch]).integers(2 ** 31)) if self.shuffle else None
-        batches = self.shard.iter_torch_batches(batch_size=self.batch_size, prefetch_batches=2,
-                                                local_shuffle_buffer_size=self.buffer_rows if self.shuffle else None,
-                                                local_shuffle_seed=seed)
-        for batch in batches:
-            if self.shuffle and len(batch["y"]) == 1:   # a final batch of one row breaks BatchNorm in training
-                continue
-            yield batch["x"], batch["y"]
+        blocks = self.shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+        chunks = ((b["x"], b["y"]) for b in blocks)
+        if self.shuffle:
+            batches = shuffled(chunks, self.buffer_rows, self.batch_size, np.random.default_rng([*self.seed, epoch]))
+        else:
+            batches = sequential(chunks, self.batch_size)
+        for x, y in batches:   # shuffled batches are fresh copies; in-order ones may be views of read-only blocks
+            yield (torch.from_numpy(x), torch.from_numpy(y)) if x.flags.writeable else (torch.tensor(x), torch.tensor(y))
