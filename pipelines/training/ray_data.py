@@ -9,7 +9,8 @@ data) and loaders over its shard of each split.
 
 Ordering: the training blocks come in one seeded order (Ray Data executes the same plan each epoch), read in
 order (preserve_order), and each rank mixes its rows in a local shuffle buffer seeded by (seed, rank, epoch) --
-the in-process loader's buffer, on whole blocks: Ray Data's own local shuffle formats every batch and cost more.
+the in-process loader's buffer, on whole blocks (Ray Data's local shuffle formats every batch; which is faster here
+is not yet measured: benchmarks/streaming.py --modes two_workers).
 """
 from __future__ import annotations
 
