@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -51,9 +52,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_setup(item):
-    """DLP_TEST_DEADLINE (Unix seconds; .ci/run sets it for the slow tests): a test that would start after it -- a
-    `scale` test, after it less SCALE_MINUTES -- is skipped, its reason saying so, instead of the whole CI run
-    overrunning its time limit. Unset (make test, make test-slow), every test runs."""
+    """DLP_TEST_DEADLINE (Unix seconds; .ci/run sets it for the cluster and slow tests): a test that would start
+    after it -- a `scale` test, after it less SCALE_MINUTES -- is skipped, its reason saying so, instead of the
+    whole CI run overrunning its time limit. Unset (make test, make test-slow), every test runs."""
     deadline = os.environ.get("DLP_TEST_DEADLINE")
     if not deadline:
         return
@@ -62,23 +63,24 @@ def pytest_runtest_setup(item):
         pytest.skip("CI time budget spent (DLP_TEST_DEADLINE): not run in this CI run")
 
 
-_TEMPLATE: list = []
+@functools.cache
+def _migrated_store() -> Path:
+    """One empty SQLite MLflow store with all its tables, made once per test session (removed at exit)."""
+    folder = tempfile.mkdtemp(prefix="dlp-test-store-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    template = Path(folder) / "mlflow.db"
+    subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                    "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{template}"],
+                   cwd=folder, check=True, capture_output=True, timeout=300)
+    return template
 
 
 def new_store(db: Path) -> str:
-    """The SQLite MLflow store at `db`, made there if there is none: a copy of one migrated once per test session (creating the tables takes
-    a few seconds, in every process that meets a new file), its Default experiment pointed at db's folder as MLflow
-    would have pointed it (<working directory>/mlruns/0). Returns its URI."""
-    if not _TEMPLATE:
-        folder = tempfile.mkdtemp(prefix="dlp-test-store-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        template = Path(folder) / "mlflow.db"
-        subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
-                        "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{template}"],
-                       cwd=folder, check=True, capture_output=True, timeout=300)
-        _TEMPLATE.append(template)
+    """The SQLite MLflow store at `db`, made there if there is none: a copy of _migrated_store() (creating the
+    tables takes a few seconds, in every process that meets a new file), its Default experiment pointed at db's
+    folder as MLflow would have pointed it (<working directory>/mlruns/0). Returns its URI."""
     if not db.exists():   # a store already there (a rerun against the same folder) is kept
-        shutil.copyfile(_TEMPLATE[0], db)
+        shutil.copyfile(_migrated_store(), db)
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                          (str(db.parent / "mlruns" / "0"),))
@@ -148,8 +150,8 @@ def ray_cluster():
 
 
 def dlp_in_new_store(tmp: Path, *args: str, settle: float = 0.0) -> tuple:
-    """The CLI entry point, in this process, against the SQLite store in `tmp` (made if none; also the working directory):
-    (store URI, exit code, console output). For module-scoped fixtures, where `store` cannot be used.
+    """The CLI entry point, in this process, against the SQLite store in `tmp` (made if none; also the working
+    directory): (store URI, exit code, console output). For module-scoped fixtures, where `store` cannot be used.
     `settle`: seconds to wait before leaving, for worker lines that reach the driver through Ray's log monitor."""
     import contextlib
     import io

@@ -116,4 +116,5 @@ class ShardLoader:
         else:
             batches = sequential(chunks, self.batch_size)
         for x, y in batches:   # shuffled batches are fresh copies; in-order ones may be views of read-only blocks
-            yield (torch.from_numpy(x), torch.from_numpy(y)) if x.flags.writeable else (torch.tensor(x), torch.tensor(y))
+            convert = torch.from_numpy if x.flags.writeable else torch.tensor
+            yield convert(x), convert(y)
