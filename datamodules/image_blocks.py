@@ -35,6 +35,10 @@ class ImageBlock:
     index: int
     entries: Tuple[Tuple[str, int, int], ...]
 
+    @property
+    def rows(self) -> int:
+        return len(self.entries)
+
 
 @dataclass
 class ImageSource:

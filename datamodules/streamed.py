@@ -48,6 +48,7 @@ class Block:
     rel: str         # path relative to the source root: what the split hash and the fingerprint use
     group: int
     first: int       # row number, within its file, of the block's first row
+    rows: int = -1   # its rows (a row group's, from the footer); -1: not known without reading (a CSV file)
 
 
 class ReadError(DataError):
@@ -216,7 +217,8 @@ def _file_blocks(fs, path: str, rel: str, fmt: str, expected: Optional[pa.Schema
                 meta = pq.ParquetFile(f).metadata
                 schema = meta.schema.to_arrow_schema()
                 starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-            blocks = [Block(path, rel, g, int(starts[g])) for g in range(meta.num_row_groups)]
+            blocks = [Block(path, rel, g, int(starts[g]), int(starts[g + 1] - starts[g]))
+                      for g in range(meta.num_row_groups)]
         else:
             schema, blocks = _csv_schema(fs, path), [Block(path, rel, -1, 0)]
     except (pa.ArrowException, OSError) as e:

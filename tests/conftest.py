@@ -47,8 +47,9 @@ SCALE_MINUTES = 12   # the most a `scale` test takes on 2 busy cores: none start
 
 
 def pytest_collection_modifyitems(config, items):
-    """The `scale` tests (thousands of files, gigabytes of data) run last: under a deadline, they are what is cut."""
-    items.sort(key=lambda item: item.get_closest_marker("scale") is not None)
+    """The `late` tests run after the others and the `scale` tests (thousands of files, gigabytes of data) last:
+    under a deadline, they are what is cut (in that order from the end)."""
+    items.sort(key=lambda item: 2 if item.get_closest_marker("scale") else 1 if item.get_closest_marker("late") else 0)
 
 
 def pytest_runtest_setup(item):

@@ -27,6 +27,7 @@ NEVER_PASSED = ("MLFLOW_RUN_ID",)      # this process's own run (under `mlflow r
 
 # Ray drains each worker's one-slot report queue once per interval (default 2 s, i.e. 2 s per epoch of a small job)
 REPORT_INTERVAL_S = "0.1"
+IDLE_TASK_WORKERS = "4"   # RAY_num_workers_soft_limit of a local cluster; README's `ray start` lines set it too
 
 
 def train_env(local: bool) -> None:
@@ -49,6 +50,11 @@ def train_env(local: bool) -> None:
         # only take memory and, while two training workers share two cores, a little CPU. A task that does
         # run still gets a worker on demand.
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Idle task workers Ray keeps: by default as many as the node has CPUs *available*, which is none while
+        # the training workers hold them all, so each task worker was killed 1 s after its task and Ray Data's
+        # read tasks (data.streaming) started fresh processes for every epoch and split, ~1.5 CPU-s each, on
+        # the cores training needs. A few idle workers (~0.1-0.2 GB each, and only those tasks made) are kept.
+        os.environ.setdefault("RAY_num_workers_soft_limit", IDLE_TASK_WORKERS)
 
 
 def passed_env(patterns: Sequence[str] = DEFAULT_ENV) -> Dict[str, str]:

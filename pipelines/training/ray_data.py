@@ -9,18 +9,25 @@ data) and loaders over its shard of each split.
 
 Ordering: the training blocks come in one seeded order (Ray Data executes the same plan each epoch), read in
 order (preserve_order), and each rank mixes its rows in a local shuffle buffer seeded by (seed, rank, epoch) --
-the in-process loader's buffer, on whole blocks, one shuffle code for both paths (speed: 0.47x the in-memory path
-on 2 workers after the change, inside the 0.40-0.61x measured before it: benchmarks/README.md).
+the in-process loader's buffer, on whole blocks, one shuffle code for both paths.
+
+Speed: a read task takes a run of consecutive blocks of that order (`units`: about UNIT_BYTES of one split's model
+inputs, yet at least 2 x READERS tasks per split), not one: Ray Data's cost is per block (a task, a trip through
+the split coordinator, a fetch), and a Parquet row group is often ~1 MB. With one block per task, and the local
+cluster's read-task workers restarted for every epoch and split (pipelines/cluster/local.py), 2 workers trained at
+0.4-0.6x the in-memory path's samples/s; with both fixed, at about its speed (benchmarks/README.md).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict
+import math
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
 READERS = 2      # read tasks at once: without a CPU request nothing else bounds how many worker processes start
 DATA_CPUS = 0   # read tasks take no CPU of their own: on a node the training workers fill, a CPU request would never be met
+UNIT_BYTES = 16 << 20   # model inputs one read task aims to yield (a Ray Data block)
 
 
 def trainer_kwargs(dm, config: Dict[str, Any]) -> Dict[str, Any]:
@@ -41,20 +48,38 @@ def datasets(dm) -> Dict[str, Any]:
     context.print_on_execution_start = False  # three lines per split per epoch
     blocks = dm.reader.source.blocks
     order = np.random.default_rng([dm.seed]).permutation(len(blocks))
+    row_bytes = 4 * math.prod(dm.spec.input_shape)
+    share = {"train": 1.0 - dm.cfg.val_fraction - dm.cfg.test_fraction, "val": dm.cfg.val_fraction,
+             "test": dm.cfg.test_fraction}
     out = {}
     for split in ("train", "val", "test"):
-        items = [{"block": int(i)} for i in (order if split == "train" else range(len(blocks)))]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        out[split] = ds.map_batches(functools.partial(_read, reader=dm.reader, split=split), batch_size=1,
-                                    batch_format="numpy", num_cpus=DATA_CPUS,
+        groups = units(blocks, order if split == "train" else range(len(blocks)), row_bytes * share[split])
+        ds = ray.data.from_items([{"unit": k} for k in range(len(groups))], override_num_blocks=len(groups))
+        out[split] = ds.map_batches(functools.partial(_read, reader=dm.reader, split=split, groups=groups),
+                                    batch_size=1, batch_format="numpy", num_cpus=DATA_CPUS,
                                     compute=ray.data.TaskPoolStrategy(size=READERS))
     return out
 
 
-def _read(batch: Dict[str, np.ndarray], reader, split: str):
-    for i in batch["block"]:
-        for x, y in reader.read(reader.source.blocks[int(i)], split):
-            yield {"x": x, "y": y}
+def units(blocks: Sequence, order: Sequence[int], row_bytes: float) -> List[List[int]]:
+    """`order` (block indices) cut into runs of consecutive blocks of about UNIT_BYTES of model inputs each
+    (`row_bytes` per source row: a row's input size times the split's share of rows), at least 2 x READERS runs
+    where there are that many blocks. Blocks whose row counts are unknown (CSV files) are read one per task."""
+    order = [int(i) for i in order]
+    known = [blocks[i].rows for i in order if getattr(blocks[i], "rows", -1) >= 0]
+    if len(known) < len(order) or not order:
+        return [[i] for i in order]
+    per_block = max(1.0, sum(known) / len(known) * row_bytes)
+    size = max(1, min(round(UNIT_BYTES / per_block), math.ceil(len(order) / (2 * READERS))))
+    return [order[s:s + size] for s in range(0, len(order), size)]
+
+
+def _read(batch: Dict[str, np.ndarray], reader, split: str, groups: List[List[int]]):
+    """One unit of blocks, read and turned into model inputs, as one Ray Data block."""
+    for k in batch["unit"]:
+        parts = [c for i in groups[int(k)] for c in reader.read(reader.source.blocks[i], split)]
+        if parts:
+            yield {"x": np.concatenate([x for x, _ in parts]), "y": np.concatenate([y for _, y in parts])}
 
 
 def data_config():

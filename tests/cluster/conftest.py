@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pipelines.cluster.local import IDLE_TASK_WORKERS
 from tests.cluster import hosts, services
 from tests.cluster.hosts import IFACE, PRIVATE, Host, Network
 
@@ -112,7 +113,7 @@ def stack(tmp_path_factory):
             started.append(server)
             token = secrets.token_hex(16)
             node_env = {**s3.env, "GLOO_SOCKET_IFNAME": IFACE, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                        "DLP_OUTPUT_DIR": f"{PRIVATE}/outputs"}
+                        "DLP_OUTPUT_DIR": f"{PRIVATE}/outputs", "RAY_num_workers_soft_limit": IDLE_TASK_WORKERS}
             _start_ray(net, head, worker, node_env, logs)
             yield Stack(net, head, worker, laptop, svc, pg.uri, dict(s3.env), dict(server.env), token, logs)
         finally:

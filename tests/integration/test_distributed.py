@@ -210,8 +210,23 @@ for line in open("/proc/net/tcp").read().splitlines()[1:]:
     if state == "0A" and int(local.split(":")[1], 16) == port:
         listening.append(".".join(str(int(local[i:i + 2], 16)) for i in (6, 4, 2, 0)))
 alive = list_workers(address=f"http://{url}", filters=[("is_alive", "=", True)])  # this cluster, not another test's
-print(json.dumps({"workers": sorted(w.worker_type for w in alive),
-                  "anonymous": anonymous, "listening": listening}))
+
+@ray.remote(num_cpus=ray.cluster_resources()["CPU"])
+class Hold:   # every CPU taken, as by the training workers
+    def ready(self):
+        return True
+
+def worker_pid():
+    import os
+    return os.getpid()
+
+hold = Hold.remote()
+ray.get(hold.ready.remote())
+task = ray.remote(num_cpus=0)(worker_pid)   # as Ray Data's read tasks
+first = ray.get(task.remote())
+time.sleep(3)   # Ray kills an idle worker over its limit after 1 s
+print(json.dumps({"workers": sorted(w.worker_type for w in alive), "anonymous": anonymous, "listening": listening,
+                  "task_worker_kept": ray.get(task.remote()) == first}))
 ray.shutdown()
 """
 
@@ -219,7 +234,9 @@ ray.shutdown()
 @pytest.mark.slow   # 15-55 s here: the default run keeps to its 10 minutes (make test-slow, CI)
 def test_the_local_cluster_binds_to_localhost_needs_a_token_and_idles_lean(tmp_path):
     """The cluster `dlp train` starts without RAY_ADDRESS: its dashboard listens on 127.0.0.1 only, refuses a
-    request without Ray's token, and holds no prestarted task workers (Train and Tune run actors only)."""
+    request without Ray's token, and holds no prestarted task workers (Train and Tune run actors only) -- yet
+    keeps the task worker it started while every CPU is taken, so streamed data's reads do not start a process
+    for every epoch and split."""
     import json
     import os
     import sys
@@ -232,3 +249,4 @@ def test_the_local_cluster_binds_to_localhost_needs_a_token_and_idles_lean(tmp_p
     assert seen["listening"] == ["127.0.0.1"], seen
     assert seen["anonymous"] == 401, seen
     assert seen["workers"] == ["DRIVER"], seen
+    assert seen["task_worker_kept"], seen

@@ -54,7 +54,8 @@ def test_on_device_is_refused_when_unknown(store, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", ["32-true", pytest.param("bf16-mixed", marks=pytest.mark.late),   # ~4 min each
+                                       pytest.param("bf16-true", marks=pytest.mark.late)])              # in CI: late
 def test_each_precision_trains_digits(store, capsys, precision):
     """Each precision this CPU runs reaches >= 0.97 test accuracy on the digits CNN (fp16 needs a GPU: on a CPU
     Lightning trains 16-mixed as bf16-mixed, see the next test)."""

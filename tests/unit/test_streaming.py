@@ -129,6 +129,26 @@ def test_evaluation_loaders_read_in_order_and_serve_every_row(shards):
     assert torch.equal(x, _epoch(dm.val_dataloader())[0])
 
 
+def test_ray_read_tasks_take_runs_of_consecutive_blocks_of_about_a_unit_each():
+    """A distributed run's read tasks: runs of the given block order (every block once, order kept) of about
+    UNIT_BYTES of model inputs, at least 2 x READERS of them; unknown row counts (CSV) one block per task."""
+    from pipelines.training import ray_data
+
+    def runs(n, rows, row_bytes):
+        blocks = [streamed.Block("f", "f", g, 0, rows) for g in range(n)]
+        order = list(np.random.default_rng(0).permutation(n))
+        out = ray_data.units(blocks, order, row_bytes)
+        assert [i for run in out for i in run] == order
+        return [len(run) for run in out]
+
+    unit = ray_data.UNIT_BYTES
+    assert runs(32, 10_000, unit / 40_000) == [4] * 8             # 4 blocks a unit
+    assert runs(32, 100, unit / 40_000) == [8] * 4                # 400 blocks a unit, yet 2 x READERS tasks
+    assert runs(5, 1_000_000, 1000) == [1] * 5                    # a block over a unit: one a task
+    assert runs(3, -1, 100) == [1] * 3                            # CSV files: row counts unknown
+    assert runs(0, 10, 100) == []
+
+
 def test_the_shuffle_pool_holds_at_most_its_buffer_and_one_read_batch():
     """200 read batches of 100 rows, a 300-row buffer: every row comes out once, and at no point have more rows
     been read than served + buffer + batch + one read batch (memory is bounded by the buffer, not the table)."""
