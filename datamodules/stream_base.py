@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import streamed
 from .base import SPLITS, BaseDataModule
+from .stream_cache import BlockCache
 from .stream_loader import StreamLoader
 
 
@@ -31,6 +32,7 @@ class StreamedDataModule(BaseDataModule):
         self.counts: Dict[str, int] = {}
         self.skipped: list = []    # (file, why) left out under data.on_error=skip
         self.loaders = None        # a Ray Train worker's: (split, shuffle) -> loader over its Ray Data shard
+        self.cache = None          # in process, with data.cache: the blocks' inputs on local disk (stream_cache.py)
 
     def _pass(self, source: streamed.Source, one_pass: Callable[[], object]):
         """one_pass()'s result; a file that fails mid-read under on_error=skip is left out and the pass restarts
@@ -68,10 +70,18 @@ class StreamedDataModule(BaseDataModule):
         self.setup()
         if self.loaders is not None:
             return self.loaders(split, shuffle)
+        if self.cfg.cache and self.cache is None and split != "test":   # the test split is read once
+            self.cache = BlockCache()
         loader = StreamLoader(self.reader, split, self.reader.source.blocks, self.cfg.batch_size, shuffle,
-                              self.seed, self.cfg.shuffle_buffer, self.counts[split])
+                              self.seed, self.cfg.shuffle_buffer, self.counts[split],
+                              self.cache if split != "test" else None)
         loader.set_epoch(self.first_epoch if shuffle else 0)
         return loader
+
+    def teardown(self, stage: Optional[str] = None) -> None:
+        if self.cache is not None:   # the next loader (a test after fit) starts a new one
+            self.cache.close()
+            self.cache = None
 
     # -- records --
     def fingerprint(self) -> dict:

@@ -27,10 +27,11 @@ class StreamLoader:
     """Iterable over (x, y) tensor batches of one split, read block by block through `reader`."""
 
     def __init__(self, reader, split: str, blocks: List, batch_size: int, shuffle: bool, seed: int,
-                 buffer_rows: int, rows: int):
+                 buffer_rows: int, rows: int, cache=None):
         self.reader, self.split, self.blocks = reader, split, list(blocks)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
         self.buffer_rows, self.rows = int(buffer_rows), int(rows)
+        self.cache = cache   # a stream_cache.BlockCache, or None: every epoch reads the source
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -43,11 +44,16 @@ class StreamLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1   # as BatchLoader: Lightning never calls set_epoch here
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.blocks)) if self.shuffle else range(len(self.blocks))
-        chunks = read_ahead(lambda: (c for i in order for c in self.reader.read(self.blocks[i], self.split)))
+        chunks = read_ahead(lambda: (c for i in order for c in self._block(int(i))))
         batches = shuffled(chunks, self.buffer_rows, self.batch_size, rng) if self.shuffle else \
             sequential(chunks, self.batch_size)
         for x, y in batches:
             yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+    def _block(self, i: int):
+        source = self.reader.read(self.blocks[i], self.split)
+        return self.cache.read(f"{i}-{self.split}", source) if self.cache is not None else source
 
 
 def shuffled(chunks, buffer_rows: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple]:

@@ -33,6 +33,7 @@ class TabularDataConfig:
     stream_above: float = 0.25
     shuffle_buffer: int = 10000       # streamed: rows mixed at random per epoch (blocks come in a seeded order)
     on_error: str = "error"           # streamed: a file that cannot be read, or has another schema: error | skip
+    cache: bool = True                # streamed, in process: epoch 1's inputs kept on local disk for later epochs
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ImageDataConfig:
     stream_above: float = 0.25
     shuffle_buffer: int = 10000       # streamed: images mixed at random per epoch (blocks come in a seeded order)
     on_error: str = "error"           # streamed: an image that cannot be read: error | skip
+    cache: bool = True                # streamed, in process: epoch 1's inputs kept on local disk for later epochs
 
 
 @dataclass
@@ -98,6 +100,7 @@ class TextDataConfig:
     stream_above: float = 0.25
     shuffle_buffer: int = 10000       # streamed: texts mixed at random per epoch (blocks come in a seeded order)
     on_error: str = "error"           # streamed: a file that cannot be read, or has another schema: error | skip
+    cache: bool = True                # streamed, in process: epoch 1's inputs kept on local disk for later epochs
 
 
 @dataclass
