@@ -70,11 +70,11 @@ class StreamedDataModule(BaseDataModule):
         self.setup()
         if self.loaders is not None:
             return self.loaders(split, shuffle)
-        if self.cfg.cache and self.cache is None and split != "test":   # the test split is read once
+        cached = self.cfg.cache and split != "test"   # the test split is read once
+        if cached and self.cache is None:
             self.cache = BlockCache()
         loader = StreamLoader(self.reader, split, self.reader.source.blocks, self.cfg.batch_size, shuffle,
-                              self.seed, self.cfg.shuffle_buffer, self.counts[split],
-                              self.cache if split != "test" else None)
+                              self.seed, self.cfg.shuffle_buffer, self.counts[split], self.cache if cached else None)
         loader.set_epoch(self.first_epoch if shuffle else 0)
         return loader
 

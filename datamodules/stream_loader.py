@@ -50,7 +50,6 @@ class StreamLoader:
         for x, y in batches:
             yield torch.from_numpy(x), torch.from_numpy(y)
 
-
     def _block(self, i: int):
         source = self.reader.read(self.blocks[i], self.split)
         return self.cache.read(f"{i}-{self.split}", source) if self.cache is not None else source
